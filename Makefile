@@ -1,0 +1,37 @@
+# Two commands set everything up on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EXT_BUILD := build/extensions
+
+.PHONY: setup extensions run test bench lint clean
+
+setup: $(STAMP)
+
+# Re-installs only when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	touch $(STAMP)
+
+# Builds every crate in extensions/ to wasm32 with Debian's toolchain (installed when missing).
+extensions:
+	bash scripts/build-extensions.sh
+
+run: setup extensions
+	$(VENV)/bin/sd-daemon --bundled-extensions $(EXT_BUILD)
+
+test: setup extensions
+	$(VENV)/bin/pytest -q
+
+bench: setup extensions
+	$(PY) -m bench
+
+lint: setup
+	$(VENV)/bin/ruff check daemon rpc tests bench
+	$(VENV)/bin/mypy daemon rpc
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,128 @@
+"""The Core: owns the config, the event bus, the libraries, jobs and extensions.
+
+No module-level state: two Cores on two data dirs can live in one process.
+A Core holds an exclusive lock on its data dir for its whole life.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import time
+from pathlib import Path
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING
+
+from daemon import __version__, errors
+from daemon.config import DaemonConfig, default_socket_path
+from daemon.events import EventBus
+from daemon.jobs.context import ContextRegistry
+from daemon.jobs.types import JobRegistry
+from daemon.libraries.manager import LibraryManager
+
+if TYPE_CHECKING:
+    from daemon.extensions.manager import PluginManager
+    from rpc.dispatch import Dispatcher
+
+log = logging.getLogger("sd.core")
+
+
+class DataDirLocked(errors.SdError):
+    kind = "data_dir_locked"
+
+
+class Core:
+    """Create with ``await Core.new_with_config(data_dir)``; close with ``await core.shutdown()``."""
+
+    def __init__(self, config: DaemonConfig, lock_file: IO[bytes]) -> None:
+        self.config = config
+        self.data_dir = config.data_dir
+        self.version = __version__
+        self.started_at = time.time()
+        self._lock_file = lock_file
+        self.events = EventBus(asyncio.get_running_loop(), config.subscriber_queue,
+                               config.subscriber_drop_limit)
+        self.job_types = JobRegistry()
+        self.job_contexts = ContextRegistry()
+        self.job_slots = asyncio.Semaphore(config.max_running_jobs)
+        self.libraries = LibraryManager(config.data_dir / "libraries", self.events,
+                                        self.job_types, self.job_slots, self.job_contexts)
+        self.plugin_manager: PluginManager | None = None
+        self.dispatcher: Dispatcher
+        self._closed = False
+        self._shutdown_callbacks: list[Callable[[], None]] = []
+
+    @classmethod
+    async def new_with_config(cls, data_dir: Path | str,
+                              config: DaemonConfig | None = None, *,
+                              load_extensions: bool = True) -> Core:
+        """Open (or create) the data dir, its libraries, jobs and extensions."""
+        data_dir = Path(data_dir).resolve()
+        if config is None:
+            config = DaemonConfig(data_dir=data_dir, socket_path=default_socket_path(data_dir))
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock_file = _lock_data_dir(data_dir)
+        core = cls(config, lock_file)
+        try:
+            await core.libraries.load_all()
+            # The plugin manager gets narrow dependencies (the event bus, the dispatch
+            # callable, the job registries) rather than the Core itself.
+            from rpc.dispatch import Dispatcher
+            core.dispatcher = Dispatcher(core)
+            await core.libraries.start_jobs()
+        except BaseException:
+            await core.shutdown()
+            raise
+        return core
+
+    def status(self) -> dict[str, object]:
+        return {
+            "version": self.version,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "data_dir": str(self.data_dir),
+            "libraries": len(self.libraries),
+            "running_jobs": len(self.job_contexts),
+            "extensions": 0 if self.plugin_manager is None else self.plugin_manager.loaded_count(),
+            "subscribers": self.events.subscriber_count,
+        }
+
+    def on_shutdown_request(self, callback: Callable[[], None]) -> None:
+        """``callback`` runs when a client asks the daemon to stop."""
+        self._shutdown_callbacks.append(callback)
+
+    def request_shutdown(self) -> None:
+        for callback in self._shutdown_callbacks:
+            asyncio.get_running_loop().call_soon(callback)
+
+    async def shutdown(self) -> None:
+        """Stop in order; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        # 1. Running jobs are asked to pause at a checkpoint; databases close after.
+        await self.libraries.close_all(self.config.shutdown_grace_s)
+        # 2. Extensions get plugin_cleanup once no job of theirs runs any more.
+        if self.plugin_manager is not None:
+            await self.plugin_manager.shutdown()
+        # 3. The data dir is free for the next Core.
+        self._lock_file.close()
+        log.info("core shut down")
+
+
+def _lock_data_dir(data_dir: Path) -> IO[bytes]:
+    f = open(data_dir / "sd.lock", "a+b")  # noqa: SIM115 - held for the Core's life
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().decode(errors="replace").strip() or "another process"
+        f.close()
+        raise DataDirLocked(
+            f"data dir {data_dir} is in use by {holder}; stop that daemon first") from None
+    f.truncate(0)
+    f.write(f"pid {os.getpid()}".encode())
+    f.flush()
+    return f

@@ -1,0 +1,139 @@
+"""The error hierarchy shared by the daemon, the RPC layer and the CLI.
+
+Every error carries a stable integer ``code`` (sent as the JSON-RPC error code)
+and a stable ``kind`` string. They are mapped to JSON-RPC error objects in
+``rpc.jsonrpc`` and to CLI exit codes in ``rpc.cli`` - nowhere else.
+Codes -32768..-32000 follow JSON-RPC 2.0; our own live in -32000..-32099.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class SdError(Exception):
+    """Base class: a failure with a stable code that is safe to show a client."""
+
+    code: ClassVar[int] = -32000
+    kind: ClassVar[str] = "error"
+
+    def __init__(self, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+    def to_dict(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            err["data"] = self.data
+        return err
+
+    @classmethod
+    def from_dict(cls, err: dict[str, Any]) -> SdError:
+        """Rebuild the most specific error class for a JSON-RPC error object."""
+        klass = _BY_CODE.get(err.get("code", 0), SdError)
+        inst = klass(str(err.get("message", "")), err.get("data"))
+        if klass is SdError:
+            inst.code = int(err.get("code", SdError.code))  # type: ignore[misc]
+        return inst
+
+
+# --- JSON-RPC 2.0 protocol errors -------------------------------------------
+class ParseError(SdError):
+    code = -32700
+    kind = "parse_error"
+
+
+class InvalidRequest(SdError):
+    code = -32600
+    kind = "invalid_request"
+
+
+class MethodNotFound(SdError):
+    code = -32601
+    kind = "method_not_found"
+
+
+class InvalidParams(SdError):
+    code = -32602
+    kind = "invalid_params"
+
+
+class InternalError(SdError):
+    code = -32603
+    kind = "internal_error"
+
+
+# --- sd errors ------------------------------------------------------------------
+class LibraryRequired(SdError):
+    code = -32001
+    kind = "library_required"
+
+
+class LibraryNotFound(SdError):
+    code = -32002
+    kind = "library_not_found"
+
+
+class PermissionDenied(SdError):
+    code = -32003
+    kind = "permission_denied"
+
+
+class RateLimited(SdError):
+    code = -32004
+    kind = "rate_limited"
+
+
+class TooLarge(SdError):
+    code = -32005
+    kind = "too_large"
+
+
+class NotFound(SdError):
+    """A named thing (job, extension, entry ...) does not exist."""
+
+    code = -32006
+    kind = "not_found"
+
+
+class InvalidState(SdError):
+    """The operation does not apply in the target's current state."""
+
+    code = -32007
+    kind = "invalid_state"
+
+
+class JobFailed(SdError):
+    code = -32010
+    kind = "job_failed"
+
+
+class JobCancelled(SdError):
+    code = -32011
+    kind = "job_cancelled"
+
+
+class ExtensionError(SdError):
+    """An extension could not be installed, loaded or run."""
+
+    code = -32020
+    kind = "extension_error"
+
+
+class ShuttingDown(SdError):
+    code = -32030
+    kind = "shutting_down"
+
+
+class ConnectError(SdError):
+    """Client side only: the daemon's socket could not be reached."""
+
+    code = -32099
+    kind = "cannot_connect"
+
+
+_BY_CODE: dict[int, type[SdError]] = {}
+for _cls in list(globals().values()):
+    if isinstance(_cls, type) and issubclass(_cls, SdError) and _cls is not SdError:
+        _BY_CODE[_cls.code] = _cls

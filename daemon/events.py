@@ -1,0 +1,210 @@
+"""The Core's typed event bus.
+
+Publishing never blocks: each subscriber has a bounded queue, and an event that
+does not fit is dropped and counted for that subscriber alone. Publishing is
+done on the event loop's thread; worker threads use ``publish_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+log = logging.getLogger("sd.events")
+
+
+class Event(msgspec.Struct, tag_field="kind", kw_only=True):
+    """Base of every event; ``kind`` is the tag, ``at`` the Unix time it happened."""
+
+    at: float = msgspec.field(default_factory=time.time)
+    library_id: str | None = None
+
+
+class LibraryCreated(Event, tag="library.created"):
+    name: str
+
+
+class LibraryDeleted(Event, tag="library.deleted"):
+    pass
+
+
+class JobEvent(Event, kw_only=True):
+    job_id: str
+    name: str
+
+
+class JobQueued(JobEvent, tag="job.queued"):
+    pass
+
+
+class JobStarted(JobEvent, tag="job.started"):
+    resumed: bool = False
+
+
+class JobProgress(JobEvent, tag="job.progress"):
+    progress: float
+    message: str
+    items: int
+    bytes: int
+
+
+class JobPaused(JobEvent, tag="job.paused"):
+    pass
+
+
+class JobResumed(JobEvent, tag="job.resumed"):
+    pass
+
+
+class JobCompleted(JobEvent, tag="job.completed"):
+    output: Any = None
+
+
+class JobFailed(JobEvent, tag="job.failed"):
+    error: str
+
+
+class JobCancelled(JobEvent, tag="job.cancelled"):
+    pass
+
+
+class ExtensionLoaded(Event, tag="extension.loaded"):
+    extension_id: str
+    version: str
+
+
+class ExtensionUnloaded(Event, tag="extension.unloaded"):
+    extension_id: str
+
+
+class ExtensionFailed(Event, tag="extension.failed"):
+    extension_id: str
+    error: str
+
+
+class EventsDropped(Event, tag="events.dropped"):
+    """Sent to one subscriber: this many events did not fit in its queue."""
+
+    count: int
+
+
+AnyEvent = (
+    LibraryCreated | LibraryDeleted | JobQueued | JobStarted | JobProgress | JobPaused
+    | JobResumed | JobCompleted | JobFailed | JobCancelled | ExtensionLoaded
+    | ExtensionUnloaded | ExtensionFailed | EventsDropped
+)
+
+EVENT_KINDS: frozenset[str] = frozenset(
+    cls.__struct_config__.tag  # type: ignore[misc]
+    for cls in AnyEvent.__args__  # type: ignore[attr-defined]
+)
+
+
+class Subscription:
+    """One subscriber's bounded queue. Drops are counted and reported in order."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        kinds: frozenset[str] | None,
+        library_id: str | None,
+        maxsize: int,
+        drop_limit: int,
+    ) -> None:
+        self._bus = bus
+        self.kinds = kinds
+        self.library_id = library_id
+        self._queue: deque[Event] = deque()
+        self._maxsize = maxsize
+        self._drop_limit = drop_limit
+        self._pending_drops = 0
+        self.dropped_total = 0
+        self.closed = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def wants(self, event: Event) -> bool:
+        if self.kinds is not None and event.__struct_config__.tag not in self.kinds:
+            return False
+        return self.library_id is None or event.library_id == self.library_id
+
+    def offer(self, event: Event) -> None:
+        if self.closed:
+            return
+        if len(self._queue) >= self._maxsize:
+            self._pending_drops += 1
+            self.dropped_total += 1
+            if self.dropped_total >= self._drop_limit:
+                log.warning("subscriber dropped %d events; disconnecting it", self.dropped_total)
+                self.close()
+            return
+        if self._pending_drops:
+            self._queue.append(EventsDropped(count=self._pending_drops))
+            self._pending_drops = 0
+        self._queue.append(event)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> Event | None:
+        """Next event, or None once the subscription is closed."""
+        while not self._queue:
+            if self.closed:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self._queue.popleft()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._bus._unsubscribe(self)
+            self._wake()
+
+
+class EventBus:
+    """Fan-out of Core events to in-process listeners and RPC subscribers."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue_size: int = 1024,
+                 drop_limit: int = 100_000) -> None:
+        self._loop = loop
+        self._subs: list[Subscription] = []
+        self._queue_size = queue_size
+        self._drop_limit = drop_limit
+
+    def subscribe(self, kinds: Iterable[str] | None = None,
+                  library_id: str | None = None) -> Subscription:
+        sub = Subscription(self, frozenset(kinds) if kinds is not None else None, library_id,
+                           self._queue_size, self._drop_limit)
+        self._subs.append(sub)
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        try:
+            self._subs.remove(sub)
+        except ValueError:
+            pass
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subs)
+
+    def publish(self, event: Event) -> None:
+        """Deliver to every matching subscriber. Call on the loop's thread."""
+        for sub in tuple(self._subs):
+            if sub.wants(event):
+                sub.offer(event)
+
+    def publish_threadsafe(self, event: Event) -> None:
+        """Publish from any thread."""
+        try:
+            self._loop.call_soon_threadsafe(self.publish, event)
+        except RuntimeError:  # loop closed: nobody is listening any more
+            pass

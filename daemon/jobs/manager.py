@@ -1,0 +1,401 @@
+"""The job manager of one library: dispatch, scheduling, pause/resume/cancel, recovery.
+
+Invariants:
+- a job row (status ``queued``) is committed before ``dispatch_by_name`` returns;
+- at most ``slots`` jobs run at once across every library sharing the semaphore,
+  and queued jobs start in FIFO order;
+- a resumable job restarts from its last checkpoint; the live counters between
+  two checkpoints may be lost on a kill, the checkpoint never is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import msgspec
+
+from daemon import errors
+from daemon.events import (
+    EventBus, JobCancelled, JobCompleted, JobFailed, JobPaused, JobQueued, JobResumed,
+    JobStarted,
+)
+from daemon.jobs import store
+from daemon.jobs.context import ContextRegistry, Interrupt, Interrupted, JobContext
+from daemon.jobs.types import JobRegistry, JobType
+from daemon.libraries.db import Database
+
+log = logging.getLogger("sd.jobs")
+T = TypeVar("T")
+_enc = msgspec.json.Encoder()
+
+
+class Transition(msgspec.Struct):
+    status: str
+    at: float
+    note: str | None = None
+
+
+class JobInfo(msgspec.Struct):
+    """A job as clients see it (``query:jobs.info.v1``). Live values while it runs."""
+
+    id: str
+    library_id: str
+    name: str
+    status: str
+    resumable: bool
+    extension_id: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float
+    progress: float
+    message: str
+    items: int
+    bytes: int
+    warnings: list[str]
+    error: str | None
+    output: Any
+    checkpoint: Any
+    checkpoints: int
+    checkpoint_at: float | None
+    interrupt_requested: str | None = None
+    input: Any = None
+    transitions: list[Transition] | None = None
+
+
+class JobHandle:
+    """Awaits one job's outcome."""
+
+    def __init__(self, manager: JobManager, job_id: str) -> None:
+        self._manager = manager
+        self.job_id = job_id
+
+    async def wait(self) -> Any:
+        """The job's output once it completes; JobFailed / JobCancelled otherwise."""
+        return await self._manager._wait(self.job_id)
+
+
+def run_in_thread(fn: Callable[..., T], *args: Any, name: str) -> asyncio.Future[T]:
+    """Run ``fn`` in a daemon thread of its own; the future resolves on the loop.
+
+    Daemon threads, not an executor: a job that ignores interruption must not
+    keep the process alive after shutdown.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    def target() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            try:
+                loop.call_soon_threadsafe(settle, None, exc)
+            except RuntimeError:
+                pass
+        else:
+            try:
+                loop.call_soon_threadsafe(settle, result, None)
+            except RuntimeError:
+                pass
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return fut
+
+
+class JobManager:
+    """Jobs of one library. Use on the event loop's thread."""
+
+    def __init__(self, library_id: str, db: Database, types: JobRegistry, bus: EventBus,
+                 slots: asyncio.Semaphore, contexts: ContextRegistry) -> None:
+        self.library_id = library_id
+        self._db = db
+        self._types = types
+        self._bus = bus
+        self._slots = slots
+        self._contexts = contexts
+        self._loop = asyncio.get_running_loop()
+        self._running: dict[str, JobContext] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._waiters: dict[str, list[asyncio.Future[store.JobRow]]] = {}
+        self._closing = False
+
+    # --- lifecycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        """Recover from the last stop, then start the persisted queue."""
+        requeued, failed = await self._db.run(store.recover)
+        for job_id in failed:
+            log.warning("job %s failed: the daemon stopped while it was running", job_id)
+        for job_id in requeued:
+            log.info("job %s requeued after restart", job_id)
+        for job_id in await self._db.run(store.queued_ids):
+            self._schedule(job_id)
+
+    async def shutdown(self, grace: float) -> None:
+        """Ask running resumable jobs to pause, wait up to ``grace`` s, then let go.
+
+        A resumable job still running after the grace period keeps its last
+        checkpoint and is marked paused (reason ``shutdown``), so the next start
+        resumes it; a non-resumable one is marked failed.
+        """
+        self._closing = True
+        for job_id, task in list(self._tasks.items()):
+            if job_id not in self._running:
+                task.cancel()  # still waiting for a slot: it stays queued in the db
+        for ctx in self._running.values():
+            jt = self._types.get(ctx.name) if ctx.name in self._types else None
+            if jt is not None and jt.resumable:
+                ctx.request(Interrupt.PAUSE, "shutdown")
+        pending = [t for t in self._tasks.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=grace)
+        for job_id, ctx in list(self._running.items()):
+            jt_resumable = ctx.name in self._types and self._types.get(ctx.name).resumable
+            if jt_resumable:
+                await self._db.run(lambda c, j=job_id, p=ctx.snapshot(): store.transition(
+                    c, j, "paused", expect=("running",), progress=p, pause_reason="shutdown",
+                    note="still running at shutdown; resumes from its last checkpoint"))
+            else:
+                await self._db.run(lambda c, j=job_id, p=ctx.snapshot(): store.transition(
+                    c, j, "failed", expect=("running",), progress=p,
+                    error="the daemon stopped while this job was running"))
+            self._contexts.unregister(job_id)
+        for task in self._tasks.values():
+            task.cancel()
+
+    # --- public API --------------------------------------------------------------------
+    async def dispatch_by_name(self, name: str, input: Any, *,
+                               extension_id: str | None = None) -> str:
+        """Validate, persist and queue a job; returns its id."""
+        if self._closing:
+            raise errors.ShuttingDown("the daemon is shutting down")
+        jt = self._types.get(name)
+        value = self._types.decode_input(jt, input)
+        if hasattr(jt.input_type, "validate"):
+            value.validate()
+        input_json = _enc.encode(value)
+        job_id = str(uuid.uuid4())
+        await self._db.run(lambda c: store.insert(c, job_id, name, input_json, jt.resumable,
+                                                  extension_id))
+        self._bus.publish(JobQueued(library_id=self.library_id, job_id=job_id, name=name))
+        self._schedule(job_id)
+        return job_id
+
+    async def get_handle(self, job_id: str) -> JobHandle:
+        await self._row(job_id)
+        return JobHandle(self, job_id)
+
+    async def info(self, job_id: str, *, transitions: bool = False) -> JobInfo:
+        row = await self._row(job_id)
+        trans = None
+        if transitions:
+            trans = [Transition(*t) for t in await self._db.run(
+                lambda c: store.transitions(c, job_id))]
+        return self._info(row, trans)
+
+    async def list(self, status: str | None = None, limit: int = 100) -> list[JobInfo]:
+        if status is not None and status not in store.STATUSES:
+            raise errors.InvalidParams(f"unknown status {status!r}; one of {store.STATUSES}")
+        rows = await self._db.run(lambda c: store.list_jobs(c, status, limit))
+        return [self._info(r, None) for r in rows]
+
+    async def pause(self, job_id: str) -> str:
+        """Pause a queued job now, or ask a running one to pause at its next check."""
+        row = await self._row(job_id)
+        if row.status == "running" and job_id in self._running:
+            if not row.resumable:
+                raise errors.InvalidState(f"job {job_id} ({row.name}) is not resumable, so it cannot pause")
+            self._running[job_id].request(Interrupt.PAUSE, "user")
+            return "pause_requested"
+        if row.status == "queued":
+            if await self._db.run(lambda c: store.transition(
+                    c, job_id, "paused", expect=("queued",), pause_reason="user")):
+                self._bus.publish(JobPaused(library_id=self.library_id, job_id=job_id, name=row.name))
+                return "paused"
+        raise errors.InvalidState(f"job {job_id} is {row.status}; only queued or running jobs pause")
+
+    async def resume(self, job_id: str) -> str:
+        row = await self._row(job_id)
+        if row.status != "paused":
+            raise errors.InvalidState(f"job {job_id} is {row.status}; only paused jobs resume")
+        if self._closing:
+            raise errors.ShuttingDown("the daemon is shutting down")
+        await self._db.run(lambda c: store.transition(c, job_id, "queued", expect=("paused",),
+                                                      note="resumed"))
+        self._bus.publish(JobResumed(library_id=self.library_id, job_id=job_id, name=row.name))
+        self._schedule(job_id)
+        return "queued"
+
+    async def cancel(self, job_id: str) -> str:
+        row = await self._row(job_id)
+        if row.status == "running" and job_id in self._running:
+            self._running[job_id].request(Interrupt.CANCEL, "user")
+            return "cancel_requested"
+        if row.status in ("queued", "paused"):
+            if await self._db.run(lambda c: store.transition(
+                    c, job_id, "cancelled", expect=("queued", "paused"))):
+                self._finished(job_id, row.name, "cancelled", None, None)
+                return "cancelled"
+        raise errors.InvalidState(f"job {job_id} is {row.status}; it cannot be cancelled")
+
+    def running_count(self) -> int:
+        return len(self._running)
+
+    # --- internals ---------------------------------------------------------------------
+    async def _row(self, job_id: str) -> store.JobRow:
+        row = await self._db.run(lambda c: store.get(c, job_id))
+        if row is None:
+            raise errors.NotFound(f"no job {job_id} in library {self.library_id}")
+        return row
+
+    def _info(self, row: store.JobRow, trans: list[Transition] | None) -> JobInfo:
+        ctx = self._running.get(row.id)
+        info = JobInfo(
+            id=row.id, library_id=self.library_id, name=row.name, status=row.status,
+            resumable=row.resumable, extension_id=row.extension_id, created_at=row.created_at,
+            started_at=row.started_at, finished_at=row.finished_at, updated_at=row.updated_at,
+            progress=row.progress, message=row.message, items=row.items, bytes=row.bytes,
+            warnings=row.warnings, error=row.error,
+            output=None if row.output is None else msgspec.json.decode(row.output),
+            checkpoint=None if row.checkpoint is None else msgspec.json.decode(row.checkpoint),
+            checkpoints=row.checkpoints, checkpoint_at=row.checkpoint_at,
+            input=msgspec.json.decode(row.input), transitions=trans)
+        if ctx is not None and row.status == "running":
+            p = ctx.snapshot()
+            info.progress, info.message, info.items, info.bytes = p.progress, p.message, p.items, p.bytes
+            info.warnings = p.warnings
+            if ctx.interrupt is not Interrupt.CONTINUE:
+                info.interrupt_requested = ctx.interrupt.name.lower()
+        return info
+
+    def _schedule(self, job_id: str) -> None:
+        if job_id in self._tasks and not self._tasks[job_id].done():
+            return
+        task = asyncio.create_task(self._run(job_id), name=f"job-{job_id}")
+        self._tasks[job_id] = task
+        task.add_done_callback(lambda t, j=job_id: self._tasks.pop(j, None) if self._tasks.get(j) is t else None)
+
+    async def _run(self, job_id: str) -> None:
+        async with self._slots:
+            if self._closing:
+                return
+            row = await self._db.run(lambda c: store.get(c, job_id))
+            if row is None or row.status != "queued":
+                return  # paused or cancelled while it waited
+            try:
+                jt = self._types.get(row.name)
+                value = self._types.decode_input(jt, row.input)
+            except errors.SdError as e:
+                await self._fail(row, f"cannot start: {e.message}", None)
+                return
+            resumed = row.checkpoint is not None
+            ctx = JobContext(
+                job_id=job_id, library_id=self.library_id, name=row.name, resumed=resumed,
+                checkpoint=row.checkpoint, db=self._db, bus=self._bus, loop=self._loop,
+                extension_id=row.extension_id, progress=row.progress, message=row.message,
+                items=row.items, bytes_=row.bytes, warnings=row.warnings)
+            if not await self._db.run(lambda c: store.transition(
+                    c, job_id, "running", expect=("queued",))):
+                return
+            self._running[job_id] = ctx
+            self._contexts.register(ctx)
+            self._bus.publish(JobStarted(library_id=self.library_id, job_id=job_id,
+                                         name=row.name, resumed=resumed))
+            try:
+                await self._execute(jt, ctx, value, row)
+            finally:
+                self._running.pop(job_id, None)
+                self._contexts.unregister(job_id)
+
+    async def _execute(self, jt: JobType, ctx: JobContext, value: Any, row: store.JobRow) -> None:
+        job_id = row.id
+        try:
+            if jt.is_async:
+                output = await jt.handler(ctx, value)
+            else:
+                output = await run_in_thread(jt.handler, ctx, value, name=f"job-{row.name}-{job_id[:8]}")
+        except Interrupted:
+            ctx.emit_progress_if_changed()
+            if self._closing and ctx.interrupt_reason == "shutdown":
+                await self._db.run(lambda c: store.transition(
+                    c, job_id, "paused", expect=("running",), progress=ctx.snapshot(),
+                    pause_reason="shutdown", note="paused for shutdown"))
+                return
+            if ctx.interrupt is Interrupt.CANCEL:
+                await self._db.run(lambda c: store.transition(
+                    c, job_id, "cancelled", expect=("running",), progress=ctx.snapshot()))
+                self._finished(job_id, row.name, "cancelled", None, None)
+            else:
+                await self._db.run(lambda c: store.transition(
+                    c, job_id, "paused", expect=("running",), progress=ctx.snapshot(),
+                    pause_reason="user"))
+                self._bus.publish(JobPaused(library_id=self.library_id, job_id=job_id, name=row.name))
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a job's failure is data, not a crash
+            msg = e.message if isinstance(e, errors.SdError) else (str(e) or type(e).__name__)
+            if not isinstance(e, errors.SdError):
+                log.info("job %s (%s) raised %s: %s", job_id, row.name, type(e).__name__, e)
+            ctx.emit_progress_if_changed()
+            await self._fail(row, msg, ctx)
+            return
+        ctx.emit_progress_if_changed()
+        try:
+            output_json = _enc.encode(output)
+        except (TypeError, msgspec.EncodeError) as e:
+            await self._fail(row, f"job output is not JSON-serialisable: {e}", ctx)
+            return
+        await self._db.run(lambda c: store.transition(
+            c, job_id, "completed", expect=("running",), progress=ctx.snapshot(), output=output_json))
+        self._finished(job_id, row.name, "completed", output, None)
+
+    async def _fail(self, row: store.JobRow, message: str, ctx: JobContext | None) -> None:
+        progress = ctx.snapshot() if ctx is not None else None
+        await self._db.run(lambda c: store.transition(
+            c, row.id, "failed", expect=("running", "queued"), progress=progress, error=message))
+        self._finished(row.id, row.name, "failed", None, message)
+
+    def _finished(self, job_id: str, name: str, status: str, output: Any, error: str | None) -> None:
+        if status == "completed":
+            self._bus.publish(JobCompleted(library_id=self.library_id, job_id=job_id, name=name,
+                                           output=output))
+        elif status == "failed":
+            self._bus.publish(JobFailed(library_id=self.library_id, job_id=job_id, name=name,
+                                        error=error or ""))
+        else:
+            self._bus.publish(JobCancelled(library_id=self.library_id, job_id=job_id, name=name))
+        for fut in self._waiters.pop(job_id, []):
+            if not fut.done():
+                fut.set_result(None)  # type: ignore[arg-type]
+
+    async def _wait(self, job_id: str) -> Any:
+        while True:
+            row = await self._row(job_id)
+            if row.status == "completed":
+                return None if row.output is None else msgspec.json.decode(row.output)
+            if row.status == "failed":
+                raise errors.JobFailed(f"job {job_id} ({row.name}) failed: {row.error}",
+                                       {"job_id": job_id, "error": row.error})
+            if row.status == "cancelled":
+                raise errors.JobCancelled(f"job {job_id} ({row.name}) was cancelled",
+                                          {"job_id": job_id})
+            fut: asyncio.Future[Any] = self._loop.create_future()
+            self._waiters.setdefault(job_id, []).append(fut)
+            # Re-check after registering, in case it finished in between.
+            row = await self._row(job_id)
+            if row.status in store.FINAL:
+                continue
+            await fut

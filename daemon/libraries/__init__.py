@@ -1,0 +1,1 @@
+"""Libraries: one SQLite database each, found again after a restart."""

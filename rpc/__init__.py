@@ -1,0 +1,1 @@
+"""RPC layer: operations registry, the single dispatch point, the socket server, client and CLI."""

@@ -1,0 +1,135 @@
+"""``execute_json_operation``: the single dispatch point.
+
+Socket clients and WASM guests reach every operation through ``Dispatcher``:
+``prepare`` does all validation (method, payload, library, caller permissions,
+rate limits) synchronously; ``invoke`` runs the handler. The socket server and
+the guests' ``spacedrive_call`` use the same two steps, so both get the same
+checks; they differ only in which thread awaits a coroutine handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+
+from daemon import errors
+from rpc import operations as _operations  # noqa: F401 - registers every operation
+from rpc.registry import CLIENT, OPERATIONS, Operation
+
+if TYPE_CHECKING:
+    from daemon.core import Core
+    from daemon.libraries.manager import Library
+
+
+class Policy(Protocol):
+    """What limits an extension caller: permissions and rates (see the plugin manager)."""
+
+    def check(self, op: Operation, library_id: str | None) -> None: ...
+
+
+@dataclass(eq=False)
+class Caller:
+    """Who is calling. ``session`` is the socket connection for clients."""
+
+    kind: str
+    extension_id: str | None = None
+    uid: int | None = None
+    policy: Policy | None = None
+    session: Any = None
+
+    def describe(self) -> str:
+        return f"extension {self.extension_id}" if self.extension_id else f"client uid={self.uid}"
+
+
+LOCAL = Caller(CLIENT)
+"""An in-process caller with a client's rights (tests, the embedding API)."""
+
+
+@dataclass(eq=False, slots=True)
+class OpContext:
+    """What an operation handler receives besides its input."""
+
+    core: Core
+    library: Library | None
+    caller: Caller
+
+    def need_library(self) -> Library:
+        assert self.library is not None, "operation registered without library=True"
+        return self.library
+
+
+@dataclass(slots=True)
+class PreparedCall:
+    op: Operation
+    ctx: OpContext
+    value: Any
+
+    def invoke(self) -> Any:
+        """Run the handler: a result for plain handlers, an awaitable for coroutines."""
+        return self.op.handler(self.ctx, self.value)
+
+
+class Dispatcher:
+    """Routes ``(method, library_id, payload, caller)`` to an operation."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.loop = asyncio.get_running_loop()
+
+    def prepare(self, method: str, library_id: str | None, payload: Any,
+                caller: Caller) -> PreparedCall:
+        op = OPERATIONS.get(method)
+        if op is None:
+            raise errors.MethodNotFound(f"unknown method {method!r}", {"method": method})
+        if caller.kind not in op.callers:
+            raise errors.PermissionDenied(f"{method} may not be called by {caller.describe()}")
+        if caller.policy is not None:
+            caller.policy.check(op, library_id)
+        library = None
+        if op.needs_library:
+            if library_id is None:
+                raise errors.LibraryRequired(f"{method} needs a library id",
+                                             {"method": method})
+            library = self.core.libraries.get(library_id)
+        value = _decode(op, payload)
+        return PreparedCall(op, OpContext(self.core, library, caller), value)
+
+    async def execute_json_operation(self, method: str, library_id: str | None, payload: Any,
+                                     caller: Caller = LOCAL) -> Any:
+        """Validate and run one operation; returns its result or raises an SdError."""
+        result = self.prepare(method, library_id, payload, caller).invoke()
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    def execute_from_thread(self, method: str, library_id: str | None, payload: Any,
+                            caller: Caller) -> Any:
+        """The same, for a worker thread (a guest): coroutine handlers run on the loop."""
+        call = self.prepare(method, library_id, payload, caller)
+        if not call.op.is_async:
+            return call.invoke()
+        coro: Awaitable[Any] = call.invoke()
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()  # type: ignore[arg-type]
+
+
+def _decode(op: Operation, payload: Any) -> Any:
+    try:
+        if isinstance(payload, (bytes, bytearray, memoryview, msgspec.Raw)):
+            n = len(payload)  # type: ignore[arg-type]
+            if n and not (n == 4 and bytes(payload) == b"null"):
+                return op.decoder.decode(payload)
+            payload = None
+        if payload is None:
+            return msgspec.convert({}, op.input_type)
+        return msgspec.convert(payload, op.input_type)
+    except msgspec.ValidationError as e:
+        raise errors.InvalidParams(f"invalid payload for {op.name}: {e}",
+                                   {"method": op.name}) from None
+    except msgspec.DecodeError as e:
+        raise errors.InvalidParams(f"payload for {op.name} is not valid JSON: {e}",
+                                   {"method": op.name}) from None

@@ -1,0 +1,46 @@
+"""Library operations."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from daemon.libraries.manager import LibraryInfo
+from rpc.registry import CLIENTS_ONLY, OPERATIONS, Empty
+
+if TYPE_CHECKING:
+    from rpc.dispatch import OpContext
+
+
+class LibraryId(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+
+
+class CreateLibrary(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+
+
+@OPERATIONS.register("query:libraries.list.v1")
+async def list_libraries(ctx: OpContext, _: Empty) -> list[LibraryInfo]:
+    """Every library, oldest first."""
+    return [lib.info() for lib in ctx.core.libraries.list()]
+
+
+@OPERATIONS.register("query:libraries.info.v1", LibraryId)
+async def info(ctx: OpContext, inp: LibraryId) -> LibraryInfo:
+    """One library."""
+    return ctx.core.libraries.get(inp.id).info()
+
+
+@OPERATIONS.register("action:libraries.create.input.v1", CreateLibrary, callers=CLIENTS_ONLY)
+async def create(ctx: OpContext, inp: CreateLibrary) -> LibraryInfo:
+    """Create a library (a new SQLite database)."""
+    return (await ctx.core.libraries.create_library(inp.name)).info()
+
+
+@OPERATIONS.register("action:libraries.delete.input.v1", LibraryId, callers=CLIENTS_ONLY)
+async def delete(ctx: OpContext, inp: LibraryId) -> dict[str, str]:
+    """Delete a library and its database."""
+    await ctx.core.libraries.delete_library(inp.id)
+    return {"deleted": inp.id}
