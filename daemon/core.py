@@ -12,14 +12,14 @@ import logging
 import os
 import time
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING
 
 from daemon import __version__, errors
 from daemon.config import DaemonConfig, default_socket_path
 from daemon.events import EventBus
 from daemon.jobs.context import ContextRegistry
-from daemon.jobs.types import JobRegistry
+from daemon.jobs.types import JobRegistry, JobType
 from daemon.libraries.manager import LibraryManager
 
 if TYPE_CHECKING:
@@ -57,8 +57,13 @@ class Core:
     @classmethod
     async def new_with_config(cls, data_dir: Path | str,
                               config: DaemonConfig | None = None, *,
+                              job_types: Iterable[JobType] = (),
                               load_extensions: bool = True) -> Core:
-        """Open (or create) the data dir, its libraries, jobs and extensions."""
+        """Open (or create) the data dir, its libraries, jobs and extensions.
+
+        ``job_types`` are registered before any job is recovered or started, so an
+        embedding program's own job types resume after a restart like built-in ones.
+        """
         data_dir = Path(data_dir).resolve()
         if config is None:
             config = DaemonConfig(data_dir=data_dir, socket_path=default_socket_path(data_dir))
@@ -66,6 +71,8 @@ class Core:
         lock_file = _lock_data_dir(data_dir)
         core = cls(config, lock_file)
         try:
+            for job_type in job_types:
+                core.job_types.register(job_type)
             await core.libraries.load_all()
             # The plugin manager gets narrow dependencies (the event bus, the dispatch
             # callable, the job registries) rather than the Core itself.

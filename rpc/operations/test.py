@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from typing import Any
 
-from rpc.registry import OPERATIONS
+import msgspec
+
+from rpc.registry import CLIENTS_ONLY, OPERATIONS
 
 if TYPE_CHECKING:
     from rpc.dispatch import OpContext
@@ -16,3 +19,14 @@ if TYPE_CHECKING:
 def ping(ctx: OpContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Echo the payload back."""
     return {"echo": payload}
+
+
+class Sleep(msgspec.Struct, forbid_unknown_fields=True):
+    seconds: float = msgspec.field(default=0.1)
+
+
+@OPERATIONS.register("query:test.sleep.v1", Sleep, callers=CLIENTS_ONLY)
+async def sleep(ctx: OpContext, inp: Sleep) -> dict[str, float]:
+    """Answer after ``seconds`` (at most 10): a slow request, for tests of concurrency."""
+    await asyncio.sleep(max(0.0, min(inp.seconds, 10.0)))
+    return {"slept": inp.seconds}

@@ -1,0 +1,1 @@
+"""WebAssembly extension hosting: loading, sandboxing and the host/guest call path."""

@@ -1,0 +1,491 @@
+"""Fast path across the wasmtime host/guest boundary.
+
+wasmtime-py's ``Func`` re-derives the function type and boxes every value in a
+``wasmtime_val_t`` on each crossing (~10-13 µs).  libwasmtime also exports
+*unchecked* entry points that pass arguments and results in one array of raw
+16-byte ``wasmtime_val_raw_t`` slots whose types the caller vouches for:
+
+* ``wasmtime_func_new_unchecked``: a host function receiving raw slots
+  (:func:`define_unchecked`, with :class:`HostCall` as its view of the guest);
+* ``wasmtime_func_call_unchecked``: a call passing raw slots
+  (:class:`RawFunc`, and :meth:`HostCall.call` for re-entrant calls).
+
+Types are read once, when a function is defined or wrapped, and compiled into a
+``struct`` layout, so a crossing costs one ctypes call and one pack/unpack.
+
+Nothing checks the raw slots against the C ABI at run time, so the module only
+imports against the wasmtime release it was written for (see
+``PINNED_WASMTIME_VERSION``).
+
+Threads: one Store per thread.  Per-call state lives in per-call objects; the
+only shared state is the host-function registry, which is touched only by
+single dict operations (atomic under the GIL).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import struct
+from ctypes import CFUNCTYPE, c_bool, c_char, c_char_p, c_size_t, c_uint64, c_void_p
+from importlib import metadata
+from typing import Callable, Final, NoReturn, Optional, Union, cast
+
+PINNED_WASMTIME_VERSION: Final = "50.0.1"
+
+
+def _check_wasmtime_pin() -> None:
+    try:
+        found = metadata.version("wasmtime")
+    except metadata.PackageNotFoundError as exc:
+        raise ImportError(
+            f"daemon.extensions.fastpath needs wasmtime=={PINNED_WASMTIME_VERSION}, "
+            "which is not installed"
+        ) from exc
+    if found != PINNED_WASMTIME_VERSION:
+        raise ImportError(
+            f"daemon.extensions.fastpath was written against wasmtime=={PINNED_WASMTIME_VERSION} "
+            f"but wasmtime=={found} is installed; it calls libwasmtime's unchecked C entry "
+            "points with hand-declared signatures and cannot run guests safely on another "
+            f"release. Install wasmtime=={PINNED_WASMTIME_VERSION}."
+        )
+
+
+_check_wasmtime_pin()
+
+import wasmtime  # noqa: E402
+from wasmtime import _ffi as ffi  # noqa: E402
+from wasmtime import _func as _wasmtime_func  # noqa: E402
+
+if ctypes.sizeof(ffi.wasmtime_val_raw_t) != 16:  # pragma: no cover - guards the slot layout
+    raise ImportError("unexpected wasmtime_val_raw_t size; fastpath's slot layout is wrong")
+
+Number = Union[int, float]
+HostFn = Callable[["HostCall", tuple[Number, ...]], Optional[Number]]
+
+__all__ = [
+    "PINNED_WASMTIME_VERSION",
+    "GuestCallError",
+    "GuestTrap",
+    "HostCall",
+    "HostFn",
+    "RawFunc",
+    "define_unchecked",
+]
+
+
+# --- C entry points -----------------------------------------------------------
+# Declared here rather than taken from wasmtime._bindings: with c_void_p
+# everywhere, pointers cross as plain ints (no pointer-object churn on the hot
+# path), and we never mutate the argtypes of functions wasmtime-py also uses.
+# CFUNCTYPE prototypes release the GIL during the foreign call, like CDLL.
+
+_SLOT_BYTES: Final = 16  # sizeof(wasmtime_val_raw_t)
+
+_CALLBACK_T = CFUNCTYPE(c_size_t, c_void_p, c_void_p, c_void_p, c_size_t)
+"""wasmtime_func_unchecked_callback_t: (env, caller, args_and_results, len) -> wasm_trap_t*"""
+_FINALIZER_T = CFUNCTYPE(None, c_void_p)
+
+_func_new_unchecked = CFUNCTYPE(
+    None, c_void_p, c_void_p, _CALLBACK_T, c_void_p, _FINALIZER_T, c_void_p
+)(("wasmtime_func_new_unchecked", ffi.dll))
+_func_call_unchecked = CFUNCTYPE(c_void_p, c_void_p, c_void_p, c_void_p, c_size_t, c_void_p)(
+    ("wasmtime_func_call_unchecked", ffi.dll)
+)
+_caller_context = CFUNCTYPE(c_void_p, c_void_p)(("wasmtime_caller_context", ffi.dll))
+_caller_export_get = CFUNCTYPE(c_bool, c_void_p, c_char_p, c_size_t, c_void_p)(
+    ("wasmtime_caller_export_get", ffi.dll)
+)
+_memory_data = CFUNCTYPE(c_void_p, c_void_p, c_void_p)(("wasmtime_memory_data", ffi.dll))
+_memory_data_size = CFUNCTYPE(c_size_t, c_void_p, c_void_p)(
+    ("wasmtime_memory_data_size", ffi.dll)
+)
+_trap_new = CFUNCTYPE(c_void_p, c_char_p, c_size_t)(("wasmtime_trap_new", ffi.dll))
+
+_EXTERN_MEMORY: Final[int] = ffi.WASMTIME_EXTERN_MEMORY.value
+_EXTERN_PAYLOAD_OFFSET: Final[int] = getattr(ffi.wasmtime_extern_t, "of").offset
+
+
+# --- value layout -------------------------------------------------------------
+# Slots are little-endian (wasmtime supports only LE hosts).  wasmtime keeps the
+# low 64 bits of every slot initialised and zero-extends i32/f32, so values are
+# written into fresh zeroed slots and padded with zeros.
+
+_I32, _I64, _F32, _F64 = "i32", "i64", "f32", "f64"
+_SLOT_FORMAT: Final = {_I32: "i12x", _I64: "q8x", _F32: "f12x", _F64: "d8x"}
+_U64_SLOT = struct.Struct("<Q8x")
+_F32_SLOT = struct.Struct("<f12x")
+_F64_SLOT = struct.Struct("<d8x")
+
+
+def _kinds(types: list[wasmtime.ValType], what: str) -> tuple[str, ...]:
+    kinds = tuple(str(t) for t in types)
+    for kind in kinds:
+        if kind not in _SLOT_FORMAT:
+            raise ValueError(f"fastpath supports only i32/i64/f32/f64 {what}s, not {kind}")
+    if what == "result" and len(kinds) > 1:
+        raise ValueError("fastpath supports at most one result")
+    return kinds
+
+
+def _slot_struct(kinds: tuple[str, ...]) -> struct.Struct:
+    return struct.Struct("<" + "".join(_SLOT_FORMAT[k] for k in kinds))
+
+
+def _int_bits(value: object, bits: int, kind: str) -> int:
+    """`value` as the unsigned bit pattern of a `bits`-wide int; signed or unsigned accepted."""
+    if not isinstance(value, int):
+        raise TypeError(f"expected an int for {kind}, got {type(value).__name__}")
+    if not -(1 << (bits - 1)) <= value < (1 << bits):
+        raise OverflowError(f"{value} does not fit in {kind}")
+    return value & ((1 << bits) - 1)
+
+
+def _float(value: object, kind: str) -> float:
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number for {kind}, got {type(value).__name__}")
+    return float(value)
+
+
+ResultWriter = Callable[["ctypes.Array[c_char]", object], None]
+
+
+def _result_writer(kinds: tuple[str, ...]) -> ResultWriter:
+    """Encoder of a host function's return value into slot 0."""
+    if not kinds:
+
+        def write_none(view: ctypes.Array[c_char], value: object) -> None:
+            if value is not None:
+                raise TypeError(
+                    f"host function has no results but returned {type(value).__name__}"
+                )
+
+        return write_none
+    kind = kinds[0]
+    if kind == _I32 or kind == _I64:
+        bits = 32 if kind == _I32 else 64
+
+        def write_int(view: ctypes.Array[c_char], value: object) -> None:
+            _U64_SLOT.pack_into(view, 0, _int_bits(value, bits, kind))
+
+        return write_int
+    slot = _F32_SLOT if kind == _F32 else _F64_SLOT
+
+    def write_float(view: ctypes.Array[c_char], value: object) -> None:
+        slot.pack_into(view, 0, _float(value, kind))
+
+    return write_float
+
+
+# --- errors -------------------------------------------------------------------
+
+
+class GuestCallError(Exception):
+    """A guest passed a bad argument to a host function; becomes a trap carrying this message."""
+
+
+class GuestTrap(GuestCallError):
+    """Guest code entered through :meth:`HostCall.call` trapped (or failed).
+
+    If it propagates out of the host function, the guest's original trap (with
+    its trap code, e.g. INTERRUPT) is what the outer caller sees.
+    """
+
+    def __init__(self, error: Union[wasmtime.Trap, wasmtime.WasmtimeError]) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+    def _take_trap(self) -> Optional[int]:
+        """Ownership of the original wasm_trap_t, once; None if there is none to hand back."""
+        if not isinstance(self.error, wasmtime.Trap):
+            return None
+        try:
+            ptr = self.error._consume()
+        except ValueError:  # already handed back to wasmtime once
+            return None
+        address: Optional[int] = ctypes.cast(ptr, c_void_p).value
+        return address
+
+
+# --- host side ----------------------------------------------------------------
+
+
+class HostCall:
+    """View of the calling instance, valid only during one host-function invocation.
+
+    Memory is found through the caller's export named ``memory``; its base and
+    size are re-read on every access because any call into the guest may grow
+    (and so move) it.
+    """
+
+    __slots__ = ("_caller", "_ctx", "_store_id", "_mem_extern", "_mem")
+
+    def __init__(self, caller: int, store_id: int) -> None:
+        self._caller: Optional[int] = caller
+        self._ctx: Optional[int] = None  # wasmtime_context_t*, looked up on first use
+        self._store_id = store_id
+        self._mem_extern: Optional[ffi.wasmtime_extern_t] = None
+        self._mem = 0  # address of the wasmtime_memory_t inside _mem_extern
+
+    def _live_caller(self) -> int:
+        caller = self._caller
+        if caller is None:
+            raise RuntimeError("HostCall used after its host function returned")
+        return caller
+
+    def _context(self) -> int:
+        ctx = self._ctx
+        if ctx is None:
+            ctx = self._ctx = _caller_context(self._live_caller())
+        return ctx
+
+    def _memory(self) -> int:
+        if self._mem_extern is None:
+            extern = ffi.wasmtime_extern_t()
+            found = _caller_export_get(self._live_caller(), b"memory", 6, ctypes.byref(extern))
+            # ctypes yields an int for this c_uint8 field; the bindings annotate it as c_uint8.
+            if not found or cast(int, extern.kind) != _EXTERN_MEMORY:
+                raise GuestCallError("guest does not export a linear memory named 'memory'")
+            self._mem_extern = extern
+            self._mem = ctypes.addressof(extern) + _EXTERN_PAYLOAD_OFFSET
+        return self._mem
+
+    def _checked_base(self, ptr: int, length: int) -> int:
+        """Base address of memory after checking [ptr, ptr+length) lies inside it."""
+        mem = self._memory()
+        ctx = self._context()
+        size: int = _memory_data_size(ctx, mem)
+        if ptr < 0 or length < 0 or ptr + length > size:
+            raise GuestCallError(f"out of bounds: ptr={ptr} len={length} memory={size}")
+        base: Optional[int] = _memory_data(ctx, mem)
+        return base or 0
+
+    @property
+    def memory_size(self) -> int:
+        """Current size of the guest's memory in bytes."""
+        size: int = _memory_data_size(self._context(), self._memory())
+        return size
+
+    def read(self, ptr: int, length: int) -> bytes:
+        """Copy `length` bytes at guest address `ptr`."""
+        base = self._checked_base(ptr, length)
+        return ctypes.string_at(base + ptr, length) if length else b""
+
+    def write(self, ptr: int, data: Union[bytes, bytearray, memoryview]) -> None:
+        """Copy `data` to guest address `ptr`."""
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        base = self._checked_base(ptr, len(data))
+        if data:
+            ctypes.memmove(base + ptr, data, len(data))
+
+    def call(self, func: RawFunc, *args: Number) -> Optional[Number]:
+        """Call guest function `func` re-entrantly through the caller's context.
+
+        A trap in the guest raises :class:`GuestTrap`.
+        """
+        if func._store_id != self._store_id:
+            # Calling across stores makes libwasmtime panic, which aborts the process.
+            raise GuestCallError("HostCall.call: function belongs to a different Store")
+        return func._invoke(self._context(), args, nested=True)
+
+    def _invalidate(self) -> None:
+        self._caller = self._ctx = self._mem_extern = None
+        self._mem = 0
+
+
+class _Host:
+    """Registry entry for one host function created by define_unchecked."""
+
+    __slots__ = ("fn", "nparams", "view_type", "args", "write_result", "store_id")
+
+    def __init__(self, fn: HostFn, params: tuple[str, ...], results: tuple[str, ...]) -> None:
+        self.fn = fn
+        self.nparams = len(params)
+        self.view_type = c_char * (_SLOT_BYTES * max(len(params), len(results)))
+        self.args = _slot_struct(params)
+        self.write_result = _result_writer(results)
+        self.store_id = 0  # set once wasmtime has created the Func
+
+
+# env handle (the C `void *env`) -> _Host.  Handles are never reused.
+_HOSTS: dict[int, _Host] = {}
+_ENV_IDS = itertools.count(1)
+
+
+def _trampoline(env: Optional[int], caller: Optional[int], raw: Optional[int], nraw: int) -> int:
+    # Runs on the thread that called into the guest, with the GIL re-acquired by
+    # ctypes.  No exception may escape: ctypes would print it and return 0, i.e.
+    # report success with garbage results.
+    call: Optional[HostCall] = None
+    try:
+        host = _HOSTS[env or 0]
+        call = HostCall(caller or 0, host.store_id)
+        # For a () -> () function wasmtime may pass no array at all.
+        view = host.view_type.from_address(raw) if raw else host.view_type()
+        args: tuple[Number, ...] = host.args.unpack_from(view) if host.nparams else ()
+        host.write_result(view, host.fn(call, args))
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - everything becomes a trap
+        return _trap_from_exception(exc)
+    finally:
+        if call is not None:
+            call._invalidate()
+
+
+def _trap_from_exception(exc: BaseException) -> int:
+    """A new wasm_trap_t* (owned by wasmtime once returned) describing `exc`."""
+    try:
+        if isinstance(exc, GuestTrap):
+            original = exc._take_trap()
+            if original:
+                return original
+        if isinstance(exc, GuestCallError):
+            message = str(exc)
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+    except BaseException:  # noqa: BLE001 - e.g. a __str__ that raises
+        message = f"{type(exc).__name__} (message unavailable)"
+    data = message.encode("utf-8", "backslashreplace")
+    trap: Optional[int] = _trap_new(data, len(data))
+    return trap or 0
+
+
+def _finalize(env: Optional[int]) -> None:
+    # Called by wasmtime when the Store drops the function, possibly during
+    # interpreter shutdown when module globals are already gone.
+    try:
+        _HOSTS.pop(env or 0, None)
+    except BaseException:  # noqa: BLE001, S110
+        pass
+
+
+_TRAMPOLINE = _CALLBACK_T(_trampoline)
+_FINALIZER = _FINALIZER_T(_finalize)
+# Stores may outlive this module's globals at interpreter shutdown and then call
+# the finalizer; leak one reference to each thunk so the code stays mapped.
+ctypes.pythonapi.Py_IncRef(ctypes.py_object(_TRAMPOLINE))
+ctypes.pythonapi.Py_IncRef(ctypes.py_object(_FINALIZER))
+
+
+def define_unchecked(store: wasmtime.Store, ty: wasmtime.FuncType, fn: HostFn) -> wasmtime.Func:
+    """Create a host function in `store` that receives raw, type-decoded arguments.
+
+    `fn(call, args)` gets i32/i64 as ints (i32 signed, as the guest sees it) and
+    f32/f64 as floats; it returns None or one value matching `ty`'s result.  Any
+    exception it raises becomes a trap carrying ``"TypeName: message"`` (just
+    the message for :class:`GuestCallError`).
+    """
+    if not isinstance(store, wasmtime.Store):
+        raise TypeError("expected a wasmtime.Store")
+    if not isinstance(ty, wasmtime.FuncType):
+        raise TypeError("expected a wasmtime.FuncType")
+    if not callable(fn):
+        raise TypeError("expected a callable")
+    host = _Host(fn, _kinds(ty.params, "parameter"), _kinds(ty.results, "result"))
+    ctx = store._context()  # raises for a closed store before anything is registered
+    env = next(_ENV_IDS)
+    _HOSTS[env] = host  # freed by _finalize when the store drops the function
+    func = ffi.wasmtime_func_t()
+    _func_new_unchecked(ctx, ty.ptr(), _TRAMPOLINE, env, _FINALIZER, ctypes.byref(func))
+    host.store_id = func.store_id
+    return wasmtime.Func._from_raw(func)
+
+
+# --- guest side ---------------------------------------------------------------
+
+
+class RawFunc:
+    """A guest export (or any Func) prepared for unchecked calls from Python.
+
+    Must not be called while a host function of the same store is running; use
+    :meth:`HostCall.call` there.
+    """
+
+    __slots__ = (
+        "_store",
+        "_func",
+        "_func_addr",
+        "_store_id",
+        "_kinds",
+        "_nslots",
+        "_args",
+        "_result",
+        "_buffer_type",
+        "_trap_index",
+    )
+
+    def __init__(self, store: wasmtime.Store, func: wasmtime.Func) -> None:
+        if not isinstance(store, wasmtime.Store):
+            raise TypeError("expected a wasmtime.Store")
+        if not isinstance(func, wasmtime.Func):
+            raise TypeError("expected a wasmtime.Func")
+        ty = func.type(store)
+        self._kinds = _kinds(ty.params, "parameter")
+        results = _kinds(ty.results, "result")
+        self._store = store  # keeps the store (and so the function) alive
+        # Our own copy of the handle, so its address is stable for our lifetime.
+        self._func = ffi.wasmtime_func_t.from_buffer_copy(func._func)
+        self._func_addr = ctypes.addressof(self._func)
+        self._store_id: int = self._func.store_id
+        self._nslots = max(len(self._kinds), len(results))
+        self._args = _slot_struct(self._kinds)
+        self._result = _slot_struct(results) if results else None
+        # One zeroed buffer per call: the value slots, then the wasm_trap_t* out slot.
+        self._buffer_type = c_uint64 * (2 * self._nslots + 1)
+        self._trap_index = 2 * self._nslots
+
+    def __call__(self, *args: Number) -> Optional[Number]:
+        """Call the function; a trap raises wasmtime.Trap (or WasmtimeError, as Func would)."""
+        return self._invoke(self._store._context(), args, nested=False)
+
+    def _invoke(self, ctx: object, args: tuple[Number, ...], nested: bool) -> Optional[Number]:
+        if len(args) != len(self._kinds):
+            raise TypeError(f"expected {len(self._kinds)} arguments, got {len(args)}")
+        buf = self._buffer_type()
+        if args:
+            try:
+                self._args.pack_into(buf, 0, *args)
+            except struct.error:
+                self._pack_normalized(buf, args)
+        address = ctypes.addressof(buf)
+        error: Optional[int] = _func_call_unchecked(
+            ctx, self._func_addr, address, self._nslots, address + _SLOT_BYTES * self._nslots
+        )
+        if error or buf[self._trap_index]:
+            self._raise(error, buf[self._trap_index], nested)
+        if self._result is None:
+            return None
+        value: Number = self._result.unpack_from(buf)[0]
+        return value
+
+    def _pack_normalized(self, buf: ctypes.Array[c_uint64], args: tuple[Number, ...]) -> None:
+        """Slow path: accept unsigned spellings of i32/i64 (e.g. 0xFFFFFFF0), or fail clearly."""
+        values: list[Number] = []
+        for kind, value in zip(self._kinds, args):
+            if kind in (_I32, _I64) and isinstance(value, int):
+                bits = 32 if kind == _I32 else 64
+                if (1 << (bits - 1)) <= value < (1 << bits):
+                    value -= 1 << bits
+            values.append(value)
+        try:
+            self._args.pack_into(buf, 0, *values)
+        except struct.error as exc:
+            raise TypeError(
+                f"bad arguments {args!r} for ({', '.join(self._kinds)}): {exc}"
+            ) from None
+
+    def _raise(self, error: Optional[int], trap: int, nested: bool) -> NoReturn:
+        exc: Union[wasmtime.Trap, wasmtime.WasmtimeError]
+        if error:
+            exc = wasmtime.WasmtimeError._from_ptr(
+                ctypes.cast(error, ctypes.POINTER(ffi.wasmtime_error_t))
+            )
+        else:
+            exc = wasmtime.Trap._from_ptr(ctypes.cast(trap, ctypes.POINTER(ffi.wasm_trap_t)))
+        if nested:
+            raise GuestTrap(exc)
+        # As in wasmtime-py's enter_wasm(): if a high-level wasmtime.Func host
+        # function raised inside this call, re-raise that Python exception.
+        _wasmtime_func.maybe_raise_last_exn()
+        raise exc

@@ -1,0 +1,134 @@
+"""Shared fixtures: a real daemon subprocess on a temp data dir and socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+BUILT_EXTENSIONS = ROOT / "build" / "extensions"
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def short_tmpdir() -> Path:
+    """A temp dir with a short path: Unix socket paths are limited to 107 bytes."""
+    return Path(tempfile.mkdtemp(prefix="sd-", dir="/tmp"))
+
+
+class Daemon:
+    """A real ``sd-daemon`` process (or the tests' variant with test job types)."""
+
+    def __init__(self, data_dir: Path, socket_path: Path, *, test_jobs: bool = True,
+                 extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.socket = socket_path
+        self.test_jobs = test_jobs
+        self.extra_args = extra_args or []
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"{data_dir.name}.log"
+
+    def start(self, wait: bool = True) -> Daemon:
+        if self.test_jobs:
+            cmd = [sys.executable, str(ROOT / "tests" / "jobs_daemon.py")]
+        else:
+            cmd = [str(BIN / "sd-daemon")]
+        cmd += ["--data-dir", str(self.data_dir), "--socket", str(self.socket),
+                "--log-level", "debug", *self.extra_args]
+        env = {**os.environ, **(self.env or {})}
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(str(self.socket))
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"daemon not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self._log.close()
+        return code
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+        self._log.close()
+
+    def sd(self, *args: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run the ``sd`` CLI against this daemon."""
+        r = subprocess.run([str(BIN / "sd"), "--socket", str(self.socket), *args],
+                           capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise AssertionError(f"sd {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
+        return r
+
+    def sd_json(self, *args: str) -> Any:
+        return json.loads(self.sd("--json", *args, check=True).stdout)
+
+    def rpc(self, method: str, payload: Any = None, library_id: str | None = None) -> Any:
+        """One raw JSON-RPC call over the socket; returns the whole response object."""
+        req = {"jsonrpc": "2.0", "id": 1, "method": method,
+               "params": {"library_id": library_id, "payload": payload or {}}}
+        return json.loads(raw_exchange(self.socket, json.dumps(req).encode() + b"\n"))
+
+
+def raw_exchange(path: Path, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send bytes, return the first response line."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(data)
+        buf = b""
+        while b"\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        return buf.split(b"\n", 1)[0]
+
+
+@pytest.fixture
+def tmpdir_short() -> Iterator[Path]:
+    d = short_tmpdir()
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(tmpdir_short: Path) -> Iterator[Daemon]:
+    d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock").start()
+    yield d
+    if d.proc is not None and d.proc.poll() is None:
+        d.stop()

@@ -1,0 +1,120 @@
+"""The daemon process: start, stop, restart, refusal of a second daemon, socket permissions."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import socket
+
+from conftest import Daemon
+
+
+def test_status_and_libraries_survive_restart(daemon: Daemon) -> None:
+    st = daemon.sd_json("status")
+    assert st["pid"] == daemon.proc.pid
+    assert st["data_dir"] == str(daemon.data_dir)
+    assert st["libraries"] == 0
+    lib = daemon.sd_json("library", "create", "Photos")
+    assert lib["name"] == "Photos"
+    assert daemon.stop() == 0
+    daemon.start()
+    libs = daemon.sd_json("library", "list")
+    assert [(x["id"], x["name"]) for x in libs] == [(lib["id"], "Photos")]
+    assert daemon.sd_json("status")["libraries"] == 1
+
+
+def test_sigterm_removes_socket_and_exits_zero(daemon: Daemon) -> None:
+    assert daemon.socket.exists()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert not daemon.socket.exists()
+    assert "stopped" in daemon.log()
+
+
+def test_sigint_also_clean(daemon: Daemon) -> None:
+    assert daemon.stop(signal.SIGINT) == 0
+    assert not daemon.socket.exists()
+
+
+def test_daemon_stop_command(daemon: Daemon) -> None:
+    r = daemon.sd("daemon", "stop")
+    assert r.returncode == 0, r.stderr
+    assert daemon.proc.wait(20) == 0
+    assert not daemon.socket.exists()
+
+
+def test_second_daemon_on_same_data_dir_refuses(daemon: Daemon, tmpdir_short) -> None:
+    other = Daemon(daemon.data_dir, tmpdir_short / "other.sock")
+    other.start(wait=False)
+    code = other.proc.wait(20)
+    assert code != 0
+    assert "in use" in other.log()
+    assert daemon.sd("status").returncode == 0
+
+
+def test_second_daemon_on_same_socket_refuses(daemon: Daemon, tmpdir_short) -> None:
+    other = Daemon(tmpdir_short / "data2", daemon.socket)
+    other.start(wait=False)
+    assert other.proc.wait(20) != 0
+    assert "already serving" in other.log()
+    assert daemon.socket.exists()
+    assert daemon.sd("status").returncode == 0
+
+
+def test_stale_socket_is_replaced(tmpdir_short) -> None:
+    sock_path = tmpdir_short / "run" / "sd.sock"
+    sock_path.parent.mkdir(mode=0o700)
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(sock_path))  # bound, never listening: what a crash leaves behind
+    s.close()
+    d = Daemon(tmpdir_short / "data", sock_path).start()
+    try:
+        assert d.sd("status").returncode == 0
+        assert "stale socket" in d.log()
+    finally:
+        d.stop()
+
+
+def test_socket_permissions(daemon: Daemon) -> None:
+    assert stat.S_IMODE(os.stat(daemon.socket).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(daemon.socket.parent).st_mode) == 0o700
+
+
+def test_kill9_then_restart(daemon: Daemon) -> None:
+    lib = daemon.sd_json("library", "create", "K")
+    daemon.kill9()
+    assert daemon.socket.exists()  # left behind by the crash
+    daemon.start()
+    assert [x["id"] for x in daemon.sd_json("library", "list")] == [lib["id"]]
+
+
+def test_log_lines_have_level_and_logger(daemon: Daemon) -> None:
+    daemon.sd("status")
+    line = next(l for l in daemon.log().splitlines() if "ready" in l)
+    assert " INFO sd.daemon: " in line
+
+
+def test_other_uid_is_refused_by_peer_credentials(daemon: Daemon) -> None:
+    """Even with the file modes opened up by hand, SO_PEERCRED keeps other users out."""
+    import shutil
+    import subprocess
+    import sys
+
+    if os.getuid() != 0 or shutil.which("setpriv") is None:
+        import pytest
+        pytest.skip("needs root and setpriv to act as another user")
+    os.chmod(daemon.socket.parent.parent, 0o755)  # the mkdtemp dir
+    os.chmod(daemon.socket.parent, 0o755)
+    os.chmod(daemon.socket, 0o666)
+    code = (
+        "import socket,sys\n"
+        "s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+        "s.sendall(b'{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"query:core.status.v1\"}\\n')\n"
+        "print(s.recv(65536).decode())\n")
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        sys.executable, "-c", code, str(daemon.socket)],
+                       capture_output=True, text=True, timeout=20)
+    assert '"code":-32003' in r.stdout, (r.stdout, r.stderr)
+    assert "result" not in r.stdout
+    assert "refused connection" in daemon.log() and "uid 65534" in daemon.log()
+    assert daemon.sd("status").returncode == 0
