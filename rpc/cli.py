@@ -78,7 +78,8 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     table = Table(*columns, box=None, header_style="bold")
     for row in rows:
         table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
-    Console().print(table)
+    # Piped output is not cut to a terminal's width.
+    Console(width=None if sys.stdout.isatty() else 1000).print(table)
 
 
 def _kv(d: dict[str, Any]) -> None:
