@@ -74,10 +74,14 @@ class Core:
             for job_type in job_types:
                 core.job_types.register(job_type)
             await core.libraries.load_all()
-            # The plugin manager gets narrow dependencies (the event bus, the dispatch
-            # callable, the job registries) rather than the Core itself.
+            from daemon.extensions.manager import PluginManager
             from rpc.dispatch import Dispatcher
             core.dispatcher = Dispatcher(core)
+            # The plugin manager gets narrow dependencies (the event bus, the dispatch
+            # callable, the job registries), not the Core: no circular dependency.
+            core.plugin_manager = PluginManager.for_core(core)
+            if load_extensions:
+                await core.plugin_manager.start(config.bundled_extensions)
             await core.libraries.start_jobs()
         except BaseException:
             await core.shutdown()

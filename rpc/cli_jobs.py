@@ -87,14 +87,16 @@ def job_dispatch(ctx: Ctx, name: str, input_json: str, wait: bool, library: str 
         value = msgspec.json.decode(input_json)
     except msgspec.DecodeError as e:
         raise click.BadParameter(f"not valid JSON: {e}", param_hint="--input") from None
-    dispatch_and_maybe_watch(ctx, library, {"name": name, "input": value}, wait)
+    run_and_maybe_watch(ctx, library, "action:jobs.dispatch.input.v1",
+                        {"name": name, "input": value}, wait)
 
 
-def dispatch_and_maybe_watch(ctx: Ctx, library: str | None, request: dict[str, Any],
-                             wait: bool) -> None:
+def run_and_maybe_watch(ctx: Ctx, library: str | None, method: str, request: dict[str, Any],
+                        wait: bool) -> None:
+    """Call an operation that queues a job; with ``wait``, watch it and exit with its outcome."""
     async def go(c: Client) -> int:
         lib = await resolve_library(c, library)
-        r = await c.call("action:jobs.dispatch.input.v1", request, lib)
+        r = await c.call(method, request, lib)
         if not wait:
             ctx.out(r, lambda r: click.echo(f"queued job {r['job_id']}"))
             return EXIT_OK

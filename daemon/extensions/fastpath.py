@@ -27,9 +27,14 @@ from __future__ import annotations
 import ctypes
 import itertools
 import struct
+from collections.abc import Callable
 from ctypes import CFUNCTYPE, c_bool, c_char, c_char_p, c_size_t, c_uint64, c_void_p
 from importlib import metadata
-from typing import Callable, Final, NoReturn, Optional, Union, cast
+from typing import Final, NoReturn, cast
+
+import wasmtime
+from wasmtime import _ffi as ffi
+from wasmtime import _func as _wasmtime_func
 
 PINNED_WASMTIME_VERSION: Final = "50.0.1"
 
@@ -51,17 +56,14 @@ def _check_wasmtime_pin() -> None:
         )
 
 
+# Before anything below touches libwasmtime.
 _check_wasmtime_pin()
-
-import wasmtime  # noqa: E402
-from wasmtime import _ffi as ffi  # noqa: E402
-from wasmtime import _func as _wasmtime_func  # noqa: E402
 
 if ctypes.sizeof(ffi.wasmtime_val_raw_t) != 16:  # pragma: no cover - guards the slot layout
     raise ImportError("unexpected wasmtime_val_raw_t size; fastpath's slot layout is wrong")
 
-Number = Union[int, float]
-HostFn = Callable[["HostCall", tuple[Number, ...]], Optional[Number]]
+Number = int | float
+HostFn = Callable[["HostCall", tuple[Number, ...]], Number | None]
 
 __all__ = [
     "PINNED_WASMTIME_VERSION",
@@ -97,13 +99,14 @@ _caller_export_get = CFUNCTYPE(c_bool, c_void_p, c_char_p, c_size_t, c_void_p)(
     ("wasmtime_caller_export_get", ffi.dll)
 )
 _memory_data = CFUNCTYPE(c_void_p, c_void_p, c_void_p)(("wasmtime_memory_data", ffi.dll))
-_memory_data_size = CFUNCTYPE(c_size_t, c_void_p, c_void_p)(
-    ("wasmtime_memory_data_size", ffi.dll)
-)
+_memory_data_size = CFUNCTYPE(c_size_t, c_void_p, c_void_p)(("wasmtime_memory_data_size", ffi.dll))
 _trap_new = CFUNCTYPE(c_void_p, c_char_p, c_size_t)(("wasmtime_trap_new", ffi.dll))
+_set_epoch_deadline = CFUNCTYPE(None, c_void_p, c_uint64)(
+    ("wasmtime_context_set_epoch_deadline", ffi.dll)
+)
 
 _EXTERN_MEMORY: Final[int] = ffi.WASMTIME_EXTERN_MEMORY.value
-_EXTERN_PAYLOAD_OFFSET: Final[int] = getattr(ffi.wasmtime_extern_t, "of").offset
+_EXTERN_PAYLOAD_OFFSET: Final[int] = ffi.wasmtime_extern_t.of.offset
 
 
 # --- value layout -------------------------------------------------------------
@@ -113,6 +116,12 @@ _EXTERN_PAYLOAD_OFFSET: Final[int] = getattr(ffi.wasmtime_extern_t, "of").offset
 
 _I32, _I64, _F32, _F64 = "i32", "i64", "f32", "f64"
 _SLOT_FORMAT: Final = {_I32: "i12x", _I64: "q8x", _F32: "f12x", _F64: "d8x"}
+_VALTYPE: Final = {
+    _I32: wasmtime.ValType.i32,
+    _I64: wasmtime.ValType.i64,
+    _F32: wasmtime.ValType.f32,
+    _F64: wasmtime.ValType.f64,
+}
 _U64_SLOT = struct.Struct("<Q8x")
 _F32_SLOT = struct.Struct("<f12x")
 _F64_SLOT = struct.Struct("<d8x")
@@ -156,9 +165,7 @@ def _result_writer(kinds: tuple[str, ...]) -> ResultWriter:
 
         def write_none(view: ctypes.Array[c_char], value: object) -> None:
             if value is not None:
-                raise TypeError(
-                    f"host function has no results but returned {type(value).__name__}"
-                )
+                raise TypeError(f"host function has no results but returned {type(value).__name__}")
 
         return write_none
     kind = kinds[0]
@@ -191,11 +198,11 @@ class GuestTrap(GuestCallError):
     its trap code, e.g. INTERRUPT) is what the outer caller sees.
     """
 
-    def __init__(self, error: Union[wasmtime.Trap, wasmtime.WasmtimeError]) -> None:
+    def __init__(self, error: wasmtime.Trap | wasmtime.WasmtimeError) -> None:
         super().__init__(str(error))
         self.error = error
 
-    def _take_trap(self) -> Optional[int]:
+    def _take_trap(self) -> int | None:
         """Ownership of the original wasm_trap_t, once; None if there is none to hand back."""
         if not isinstance(self.error, wasmtime.Trap):
             return None
@@ -203,7 +210,7 @@ class GuestTrap(GuestCallError):
             ptr = self.error._consume()
         except ValueError:  # already handed back to wasmtime once
             return None
-        address: Optional[int] = ctypes.cast(ptr, c_void_p).value
+        address: int | None = ctypes.cast(ptr, c_void_p).value
         return address
 
 
@@ -218,13 +225,13 @@ class HostCall:
     (and so move) it.
     """
 
-    __slots__ = ("_caller", "_ctx", "_store_id", "_mem_extern", "_mem")
+    __slots__ = ("_caller", "_ctx", "_mem", "_mem_extern", "_store_id")
 
     def __init__(self, caller: int, store_id: int) -> None:
-        self._caller: Optional[int] = caller
-        self._ctx: Optional[int] = None  # wasmtime_context_t*, looked up on first use
+        self._caller: int | None = caller
+        self._ctx: int | None = None  # wasmtime_context_t*, looked up on first use
         self._store_id = store_id
-        self._mem_extern: Optional[ffi.wasmtime_extern_t] = None
+        self._mem_extern: ffi.wasmtime_extern_t | None = None
         self._mem = 0  # address of the wasmtime_memory_t inside _mem_extern
 
     def _live_caller(self) -> int:
@@ -245,6 +252,8 @@ class HostCall:
             found = _caller_export_get(self._live_caller(), b"memory", 6, ctypes.byref(extern))
             # ctypes yields an int for this c_uint8 field; the bindings annotate it as c_uint8.
             if not found or cast(int, extern.kind) != _EXTERN_MEMORY:
+                if found:  # e.g. a shared memory, whose extern owns a reference
+                    ffi.wasmtime_extern_delete(ctypes.byref(extern))
                 raise GuestCallError("guest does not export a linear memory named 'memory'")
             self._mem_extern = extern
             self._mem = ctypes.addressof(extern) + _EXTERN_PAYLOAD_OFFSET
@@ -257,7 +266,7 @@ class HostCall:
         size: int = _memory_data_size(ctx, mem)
         if ptr < 0 or length < 0 or ptr + length > size:
             raise GuestCallError(f"out of bounds: ptr={ptr} len={length} memory={size}")
-        base: Optional[int] = _memory_data(ctx, mem)
+        base: int | None = _memory_data(ctx, mem)
         return base or 0
 
     @property
@@ -271,7 +280,7 @@ class HostCall:
         base = self._checked_base(ptr, length)
         return ctypes.string_at(base + ptr, length) if length else b""
 
-    def write(self, ptr: int, data: Union[bytes, bytearray, memoryview]) -> None:
+    def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None:
         """Copy `data` to guest address `ptr`."""
         if not isinstance(data, bytes):
             data = bytes(data)
@@ -279,7 +288,11 @@ class HostCall:
         if data:
             ctypes.memmove(base + ptr, data, len(data))
 
-    def call(self, func: RawFunc, *args: Number) -> Optional[Number]:
+    def set_epoch_deadline(self, ticks: int) -> None:
+        """Give the calling guest ``ticks`` more epoch ticks before it is interrupted."""
+        _set_epoch_deadline(self._context(), ticks)
+
+    def call(self, func: RawFunc, *args: Number) -> Number | None:
         """Call guest function `func` re-entrantly through the caller's context.
 
         A trap in the guest raises :class:`GuestTrap`.
@@ -297,7 +310,7 @@ class HostCall:
 class _Host:
     """Registry entry for one host function created by define_unchecked."""
 
-    __slots__ = ("fn", "nparams", "view_type", "args", "write_result", "store_id")
+    __slots__ = ("args", "fn", "nparams", "store_id", "view_type", "write_result")
 
     def __init__(self, fn: HostFn, params: tuple[str, ...], results: tuple[str, ...]) -> None:
         self.fn = fn
@@ -313,11 +326,11 @@ _HOSTS: dict[int, _Host] = {}
 _ENV_IDS = itertools.count(1)
 
 
-def _trampoline(env: Optional[int], caller: Optional[int], raw: Optional[int], nraw: int) -> int:
+def _trampoline(env: int | None, caller: int | None, raw: int | None, nraw: int) -> int:
     # Runs on the thread that called into the guest, with the GIL re-acquired by
     # ctypes.  No exception may escape: ctypes would print it and return 0, i.e.
     # report success with garbage results.
-    call: Optional[HostCall] = None
+    call: HostCall | None = None
     try:
         host = _HOSTS[env or 0]
         call = HostCall(caller or 0, host.store_id)
@@ -347,11 +360,11 @@ def _trap_from_exception(exc: BaseException) -> int:
     except BaseException:  # noqa: BLE001 - e.g. a __str__ that raises
         message = f"{type(exc).__name__} (message unavailable)"
     data = message.encode("utf-8", "backslashreplace")
-    trap: Optional[int] = _trap_new(data, len(data))
+    trap: int | None = _trap_new(data, len(data))
     return trap or 0
 
 
-def _finalize(env: Optional[int]) -> None:
+def _finalize(env: int | None) -> None:
     # Called by wasmtime when the Store drops the function, possibly during
     # interpreter shutdown when module globals are already gone.
     try:
@@ -382,12 +395,17 @@ def define_unchecked(store: wasmtime.Store, ty: wasmtime.FuncType, fn: HostFn) -
         raise TypeError("expected a wasmtime.FuncType")
     if not callable(fn):
         raise TypeError("expected a callable")
-    host = _Host(fn, _kinds(ty.params, "parameter"), _kinds(ty.results, "result"))
+    params, results = _kinds(ty.params, "parameter"), _kinds(ty.results, "result")
+    host = _Host(fn, params, results)
+    # A wasm_functype_t binds to the first Engine it is used with, and
+    # libwasmtime 50 aborts the process (assertion `comes_from_same_engine`) if
+    # it is later used with another one; so never pass the caller's `ty` down.
+    own_ty = wasmtime.FuncType([_VALTYPE[k]() for k in params], [_VALTYPE[k]() for k in results])
     ctx = store._context()  # raises for a closed store before anything is registered
     env = next(_ENV_IDS)
     _HOSTS[env] = host  # freed by _finalize when the store drops the function
     func = ffi.wasmtime_func_t()
-    _func_new_unchecked(ctx, ty.ptr(), _TRAMPOLINE, env, _FINALIZER, ctypes.byref(func))
+    _func_new_unchecked(ctx, own_ty.ptr(), _TRAMPOLINE, env, _FINALIZER, ctypes.byref(func))
     host.store_id = func.store_id
     return wasmtime.Func._from_raw(func)
 
@@ -403,15 +421,15 @@ class RawFunc:
     """
 
     __slots__ = (
-        "_store",
+        "_args",
+        "_buffer_type",
         "_func",
         "_func_addr",
-        "_store_id",
         "_kinds",
         "_nslots",
-        "_args",
         "_result",
-        "_buffer_type",
+        "_store",
+        "_store_id",
         "_trap_index",
     )
 
@@ -435,11 +453,11 @@ class RawFunc:
         self._buffer_type = c_uint64 * (2 * self._nslots + 1)
         self._trap_index = 2 * self._nslots
 
-    def __call__(self, *args: Number) -> Optional[Number]:
+    def __call__(self, *args: Number) -> Number | None:
         """Call the function; a trap raises wasmtime.Trap (or WasmtimeError, as Func would)."""
         return self._invoke(self._store._context(), args, nested=False)
 
-    def _invoke(self, ctx: object, args: tuple[Number, ...], nested: bool) -> Optional[Number]:
+    def _invoke(self, ctx: object, args: tuple[Number, ...], nested: bool) -> Number | None:
         if len(args) != len(self._kinds):
             raise TypeError(f"expected {len(self._kinds)} arguments, got {len(args)}")
         buf = self._buffer_type()
@@ -449,7 +467,7 @@ class RawFunc:
             except struct.error:
                 self._pack_normalized(buf, args)
         address = ctypes.addressof(buf)
-        error: Optional[int] = _func_call_unchecked(
+        error: int | None = _func_call_unchecked(
             ctx, self._func_addr, address, self._nslots, address + _SLOT_BYTES * self._nslots
         )
         if error or buf[self._trap_index]:
@@ -475,8 +493,8 @@ class RawFunc:
                 f"bad arguments {args!r} for ({', '.join(self._kinds)}): {exc}"
             ) from None
 
-    def _raise(self, error: Optional[int], trap: int, nested: bool) -> NoReturn:
-        exc: Union[wasmtime.Trap, wasmtime.WasmtimeError]
+    def _raise(self, error: int | None, trap: int, nested: bool) -> NoReturn:
+        exc: wasmtime.Trap | wasmtime.WasmtimeError
         if error:
             exc = wasmtime.WasmtimeError._from_ptr(
                 ctypes.cast(error, ctypes.POINTER(ffi.wasmtime_error_t))

@@ -228,5 +228,8 @@ class ContextRegistry:
     def get(self, job_id: str) -> JobContext | None:
         return self._contexts.get(job_id)
 
+    def of_extension(self, extension_id: str) -> list[JobContext]:
+        return [c for c in list(self._contexts.values()) if c.extension_id == extension_id]
+
     def __len__(self) -> int:
         return len(self._contexts)

@@ -186,6 +186,8 @@ class JobManager:
         if hasattr(jt.input_type, "validate"):
             value.validate()
         input_json = _enc.encode(value)
+        if extension_id is None and jt.owner is not None:
+            extension_id = jt.owner(value)
         job_id = str(uuid.uuid4())
         await self._db.run(lambda c: store.insert(c, job_id, name, input_json, jt.resumable,
                                                   extension_id))

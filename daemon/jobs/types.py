@@ -28,6 +28,8 @@ class JobType:
     input_type: type[Any]
     handler: Handler
     description: str = ""
+    # Which extension a job of this type belongs to, read from its input (wasm_job).
+    owner: Callable[[Any], str | None] | None = None
     is_async: bool = field(init=False)
 
     def __post_init__(self) -> None:

@@ -1,0 +1,251 @@
+"""The ABI v1 host functions (import module ``spacedrive``), one set per guest instance.
+
+Every pointer and length from the guest is bounds-checked by ``HostCall``; a bad
+one raises ``GuestCallError``, which fastpath turns into a trap that fails the
+call (and so the job) with that message. Oversized arguments are refused the
+same way, never truncated. Nothing here raises into ctypes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import wasmtime
+
+from daemon import errors
+from daemon.config import ExtensionLimits
+from daemon.extensions.fastpath import GuestCallError, HostCall, RawFunc, define_unchecked
+from daemon.extensions.runtime import ABI_IMPORTS, ABI_MODULE
+from daemon.jobs.context import ContextRegistry, JobContext
+
+if TYPE_CHECKING:
+    from rpc.dispatch import Caller
+
+log = logging.getLogger("sd.extensions")
+
+MAX_METHOD_BYTES = 256
+MAX_JOB_NAME_BYTES = 128
+_LEVELS = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
+_enc = msgspec.json.Encoder()
+_json_check = msgspec.json.Decoder()
+
+# The dispatch callable handed down from the RPC layer (Dispatcher.execute_from_thread).
+DispatchFn = Callable[[str, "str | None", Any, "Caller"], Any]
+
+
+@dataclass(frozen=True)
+class RegisteredJob:
+    name: str
+    export: str
+    resumable: bool
+
+
+class LogLimiter:
+    """At most ``per_second`` guest log lines a second per extension; the rest are counted."""
+
+    def __init__(self, per_second: int = 200) -> None:
+        self.per_second = per_second
+        self._window = 0
+        self._count = 0
+        self.suppressed = 0
+        self._lock = threading.Lock()
+
+    def allow(self) -> tuple[bool, int]:
+        """(may log now, lines suppressed in the previous window to report)."""
+        now = int(time.monotonic())
+        with self._lock:
+            report = 0
+            if now != self._window:
+                self._window, self._count = now, 0
+                report, self.suppressed = self.suppressed, 0
+            self._count += 1
+            if self._count > self.per_second:
+                self.suppressed += 1
+                return False, report
+            return True, report
+
+
+@dataclass(eq=False)
+class HostEnv:
+    """What the host functions of one instance know: who calls, and for which job."""
+
+    extension_id: str
+    caller: Caller
+    dispatch: DispatchFn
+    contexts: ContextRegistry
+    limits: ExtensionLimits
+    log_limiter: LogLimiter
+    deadline_ticks: int
+    phase: str = "init"  # "init" | "job" | "cleanup"
+    job_id: str | None = None
+    registered: list[RegisteredJob] = field(default_factory=list)
+    alloc: RawFunc | None = None
+
+    def job_context(self, hc: HostCall, ptr: int) -> JobContext:
+        """The live context of the job this instance runs, if ``ptr`` names it."""
+        raw = hc.read(ptr, 16)
+        job_id = str(uuid.UUID(bytes=raw))
+        if self.phase != "job" or job_id != self.job_id:
+            raise GuestCallError(
+                f"job id {job_id} is not a job of extension {self.extension_id} "
+                f"running in this instance")
+        ctx = self.contexts.get(job_id)
+        if ctx is None or ctx.extension_id != self.extension_id:
+            raise GuestCallError(f"job {job_id} is not running")
+        return ctx
+
+
+def _text(hc: HostCall, ptr: int, length: int, limit: int, what: str) -> str:
+    if length < 0 or length > limit:
+        raise GuestCallError(f"{what} of {length} bytes exceeds the limit of {limit} bytes")
+    try:
+        return hc.read(ptr, length).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise GuestCallError(f"{what} is not valid UTF-8: {e}") from None
+
+
+def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any, ...]], Any]]:
+    """The Python side of every ABI v1 import, closed over one instance's env."""
+    limits = env.limits
+    glog = logging.getLogger(f"sd.ext.{env.extension_id}")
+
+    def reply(hc: HostCall, body: bytes) -> int:
+        if env.alloc is None:
+            raise GuestCallError("guest memory allocator is not ready")
+        n = len(body)
+        ptr = hc.call(env.alloc, 4 + n)
+        if not isinstance(ptr, int) or ptr == 0:
+            return 0
+        hc.write(ptr, n.to_bytes(4, "little") + body)
+        return ptr
+
+    def error_body(err: errors.SdError) -> bytes:
+        return _enc.encode({"error": {"code": err.code, "message": err.message}})
+
+    def spacedrive_call(hc: HostCall, a: tuple[Any, ...]) -> int:
+        method_ptr, method_len, lib_ptr, payload_ptr, payload_len = a
+        method = _text(hc, method_ptr, method_len, MAX_METHOD_BYTES, "method name")
+        library_id = None if lib_ptr == 0 else str(uuid.UUID(bytes=hc.read(lib_ptr, 16)))
+        if payload_len < 0:
+            raise GuestCallError(f"negative payload length {payload_len}")
+        if payload_len > limits.max_payload_bytes:
+            return reply(hc, error_body(errors.TooLarge(
+                f"payload of {payload_len} bytes exceeds the limit of {limits.max_payload_bytes}")))
+        payload = hc.read(payload_ptr, payload_len)
+        hc_deadline(hc)
+        try:
+            result = env.dispatch(method, library_id, payload, env.caller)
+            body = b'{"ok":' + _enc.encode(result) + b"}"
+        except errors.SdError as e:
+            body = error_body(e)
+        except Exception as e:  # noqa: BLE001 - reported to the guest, never raised into ctypes
+            log.exception("extension %s: %s failed", env.extension_id, method)
+            body = error_body(errors.InternalError(f"internal error: {type(e).__name__}: {e}"))
+        if len(body) > limits.max_reply_bytes:
+            body = error_body(errors.TooLarge(
+                f"reply of {len(body)} bytes exceeds the limit of {limits.max_reply_bytes}"))
+        return reply(hc, body)
+
+    def spacedrive_log(hc: HostCall, a: tuple[Any, ...]) -> None:
+        level, ptr, length = a
+        text = _text(hc, ptr, length, limits.max_log_bytes, "log message")
+        ok, suppressed = env.log_limiter.allow()
+        if suppressed:
+            glog.warning("[%s] %d log lines suppressed (rate limit)", env.extension_id, suppressed)
+        if ok:
+            glog.log(_LEVELS[level] if 0 <= level < 4 else logging.INFO, "[%s] %s",
+                     env.extension_id, text)
+
+    def register_job(hc: HostCall, a: tuple[Any, ...]) -> int:
+        name_ptr, name_len, export_ptr, export_len, resumable = a
+        if env.phase != "init":
+            raise GuestCallError("register_job may only be called during plugin_init")
+        name = _text(hc, name_ptr, name_len, MAX_JOB_NAME_BYTES, "job name")
+        export = _text(hc, export_ptr, export_len, MAX_JOB_NAME_BYTES, "export name")
+        if not name or any(j.name == name for j in env.registered):
+            return 1
+        env.registered.append(RegisteredJob(name, export, bool(resumable)))
+        return 0
+
+    def job_report_progress(hc: HostCall, a: tuple[Any, ...]) -> None:
+        job_ptr, progress, msg_ptr, msg_len = a
+        ctx = env.job_context(hc, job_ptr)
+        ctx.report_progress(progress, _text(hc, msg_ptr, msg_len, limits.max_log_bytes,
+                                            "progress message"))
+
+    def job_checkpoint(hc: HostCall, a: tuple[Any, ...]) -> int:
+        job_ptr, state_ptr, state_len = a
+        ctx = env.job_context(hc, job_ptr)
+        if state_len < 0 or state_len > limits.max_checkpoint_bytes:
+            ctx.add_warning(f"checkpoint of {state_len} bytes refused: the limit is "
+                            f"{limits.max_checkpoint_bytes} bytes")
+            return 2
+        state = hc.read(state_ptr, state_len)
+        try:
+            _json_check.decode(state)
+        except msgspec.DecodeError:
+            ctx.add_warning("checkpoint refused: the state is not valid JSON")
+            return 3
+        ctx.checkpoint_raw(state)
+        return 0
+
+    def job_check_interrupt(hc: HostCall, a: tuple[Any, ...]) -> int:
+        ctx = env.job_context(hc, a[0])
+        hc_deadline(hc)  # a job that checks in regularly may run as long as it likes
+        return int(ctx.check_interrupt())
+
+    def job_add_warning(hc: HostCall, a: tuple[Any, ...]) -> None:
+        job_ptr, msg_ptr, msg_len = a
+        env.job_context(hc, job_ptr).add_warning(
+            _text(hc, msg_ptr, msg_len, limits.max_log_bytes, "warning"))
+
+    def job_increment_items(hc: HostCall, a: tuple[Any, ...]) -> None:
+        if a[1] < 0:
+            raise GuestCallError(f"negative item count {a[1]}")
+        env.job_context(hc, a[0]).increment_items(a[1])
+
+    def job_increment_bytes(hc: HostCall, a: tuple[Any, ...]) -> None:
+        if a[1] < 0:
+            raise GuestCallError(f"negative byte count {a[1]}")
+        env.job_context(hc, a[0]).increment_bytes(a[1])
+
+    def hc_deadline(hc: HostCall) -> None:
+        hc.set_epoch_deadline(env.deadline_ticks)
+
+    fns = {
+        "spacedrive_call": spacedrive_call,
+        "spacedrive_log": spacedrive_log,
+        "register_job": register_job,
+        "job_report_progress": job_report_progress,
+        "job_checkpoint": job_checkpoint,
+        "job_check_interrupt": job_check_interrupt,
+        "job_add_warning": job_add_warning,
+        "job_increment_items": job_increment_items,
+        "job_increment_bytes": job_increment_bytes,
+    }
+    assert set(fns) == set(ABI_IMPORTS)
+    return fns
+
+
+_VAL = {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64(),
+        "f32": wasmtime.ValType.f32()}
+FUNC_TYPES = {name: wasmtime.FuncType([_VAL[p] for p in params], [_VAL[r] for r in results])
+              for name, (params, results) in ABI_IMPORTS.items()}
+
+
+def build_imports(store: wasmtime.Store, module: wasmtime.Module,
+                  env: HostEnv) -> list[wasmtime.Func]:
+    """One Func per import of ``module`` (already checked against ABI v1), in order."""
+    fns = make_host_functions(env)
+    out = []
+    for imp in module.imports:
+        assert imp.module == ABI_MODULE and imp.name is not None
+        out.append(define_unchecked(store, FUNC_TYPES[imp.name], fns[imp.name]))
+    return out

@@ -1,0 +1,409 @@
+"""The plugin manager: install, load, unload and reload extensions, and run their jobs.
+
+Built from narrow dependencies (the event bus, the dispatch callable, the plugin
+directory, the job registries) rather than the Core, then attached to the Core
+as ``core.plugin_manager``.
+
+Invariants:
+- an extension is loaded again at daemon start iff it was loaded when the
+  daemon stopped (``<plugin-dir>/loaded.json``);
+- unloading asks the extension's running jobs to pause at their next check and
+  waits for them; they stay paused with their checkpoint, to be resumed once
+  it is loaded again;
+- every guest call runs off the event loop, on a thread of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import wasmtime
+
+from daemon import errors
+from daemon.config import ExtensionLimits
+from daemon.events import EventBus, ExtensionFailed, ExtensionLoaded, ExtensionUnloaded
+from daemon.extensions.host_functions import DispatchFn, HostEnv, LogLimiter, RegisteredJob
+from daemon.extensions.instance import GuestInstance
+from daemon.extensions.manifest import Manifest, read_manifest
+from daemon.extensions.policy import ExtensionPolicy
+from daemon.extensions.runtime import WasmRuntime, check_module_abi, job_export_ok
+from daemon.jobs.context import ContextRegistry, Interrupt, Interrupted, JobContext
+from daemon.jobs.types import JobRegistry, JobType
+
+if TYPE_CHECKING:
+    from daemon.core import Core
+
+log = logging.getLogger("sd.extensions")
+_enc = msgspec.json.Encoder()
+_json = msgspec.json.Decoder()
+MAX_WASM_BYTES = 64 * 1024 * 1024
+
+
+class WasmJobInput(msgspec.Struct, forbid_unknown_fields=True):
+    """Input of the ``wasm_job`` type (the seed's shape)."""
+
+    extension_id: str
+    export_fn: str
+    state_json: str = "{}"
+
+
+class JobCtxJson(msgspec.Struct):
+    job_id: str
+    library_id: str
+    extension_id: str
+    resumed: bool
+
+
+class ExtensionInfo(msgspec.Struct):
+    id: str
+    state: str  # "loaded" | "failed" | "installed"
+    manifest: Manifest | None
+    jobs: list[dict[str, Any]]
+    error: str | None = None
+    module_bytes: int = 0
+    load_ms: float | None = None
+    from_cache: bool | None = None
+    running_jobs: int = 0
+
+
+@dataclass(eq=False)
+class Plugin:
+    """A loaded (or failed) extension."""
+
+    manifest: Manifest
+    directory: Path
+    module: wasmtime.Module | None = None
+    policy: ExtensionPolicy | None = None
+    jobs: dict[str, RegisteredJob] = field(default_factory=dict)
+    main: GuestInstance | None = None
+    main_lock: threading.Lock = field(default_factory=threading.Lock)
+    job_slots: threading.BoundedSemaphore | None = None
+    state: str = "loaded"
+    error: str | None = None
+    module_bytes: int = 0
+    load_ms: float | None = None
+    from_cache: bool | None = None
+    log_limiter: LogLimiter = field(default_factory=LogLimiter)
+
+
+class PluginManager:
+    def __init__(self, *, bus: EventBus, dispatch: DispatchFn, plugin_dir: Path,
+                 job_types: JobRegistry, contexts: ContextRegistry,
+                 limits: ExtensionLimits) -> None:
+        self.plugin_dir = plugin_dir
+        self.plugin_dir.mkdir(parents=True, exist_ok=True)
+        self._bus = bus
+        self._dispatch = dispatch
+        self._contexts = contexts
+        self.limits = limits
+        self.runtime = WasmRuntime(plugin_dir / ".cache", limits.epoch_tick_ms)
+        self._deadline_ticks = self.runtime.ticks(limits.time_slice_ms)
+        self._plugins: dict[str, Plugin] = {}
+        self._lock = asyncio.Lock()
+        job_types.register(JobType(
+            "wasm_job", True, WasmJobInput, self._run_job,
+            "a job exported by a WebAssembly extension", owner=lambda i: i.extension_id))
+
+    @classmethod
+    def for_core(cls, core: Core) -> PluginManager:
+        return cls(bus=core.events, dispatch=core.dispatcher.execute_from_thread,
+                   plugin_dir=core.data_dir / "extensions", job_types=core.job_types,
+                   contexts=core.job_contexts, limits=core.config.extension_limits)
+
+    # --- lifecycle ----------------------------------------------------------------------
+    async def start(self, bundled: Path | None) -> None:
+        """Install bundled extensions, then load what was loaded at the last stop."""
+        wanted = set(self._read_loaded())
+        if bundled is not None and bundled.is_dir():
+            for d in sorted(bundled.iterdir()):
+                if (d / "manifest.json").exists():
+                    try:
+                        m = await self.install(d, load=False)
+                        wanted.add(m.id)
+                    except errors.SdError as e:
+                        log.error("bundled extension %s: %s", d.name, e.message)
+        for ext_id in sorted(wanted):
+            try:
+                await self.load_plugin(ext_id)
+            except errors.SdError as e:
+                log.error("extension %s failed to load: %s", ext_id, e.message)
+
+    async def shutdown(self) -> None:
+        for ext_id in list(self._plugins):
+            plugin = self._plugins[ext_id]
+            if plugin.state == "loaded":
+                await self._cleanup(plugin)
+        self._plugins.clear()
+        self.runtime.close()
+
+    # --- queries -----------------------------------------------------------------------------
+    async def list_plugins(self) -> list[str]:
+        """Ids of the loaded extensions."""
+        return sorted(k for k, p in self._plugins.items() if p.state == "loaded")
+
+    def loaded_count(self) -> int:
+        return sum(1 for p in self._plugins.values() if p.state == "loaded")
+
+    def installed(self) -> list[str]:
+        return sorted(d.name for d in self.plugin_dir.iterdir()
+                      if d.is_dir() and (d / "manifest.json").exists())
+
+    def info(self, ext_id: str) -> ExtensionInfo:
+        plugin = self._plugins.get(ext_id)
+        if plugin is None:
+            directory = self.plugin_dir / ext_id
+            if not (directory / "manifest.json").exists():
+                raise errors.NotFound(f"no extension {ext_id!r} is installed")
+            try:
+                manifest: Manifest | None = read_manifest(directory)
+                error = None
+            except errors.SdError as e:
+                manifest, error = None, e.message
+            return ExtensionInfo(ext_id, "installed", manifest, [], error)
+        running = len(self._running_contexts(ext_id))
+        return ExtensionInfo(
+            ext_id, plugin.state, plugin.manifest,
+            [{"name": j.name, "export": j.export, "resumable": j.resumable}
+             for j in plugin.jobs.values()],
+            plugin.error, plugin.module_bytes, plugin.load_ms, plugin.from_cache, running)
+
+    def job_export(self, ext_id: str, job_name: str) -> str:
+        """The export of a job an extension registered, by the job's registered name."""
+        plugin = self._loaded(ext_id)
+        job = plugin.jobs.get(job_name)
+        if job is None:
+            raise errors.NotFound(f"extension {ext_id} has no job {job_name!r}",
+                                  {"jobs": sorted(plugin.jobs)})
+        return job.export
+
+    # --- install / load / unload -------------------------------------------------------------
+    async def install(self, source: Path, *, load: bool = True) -> Manifest:
+        """Validate an extension directory, copy it into the plugin directory, and load it.
+
+        ``source`` is a directory holding manifest.json and the module, or a
+        ``.wasm`` file with a manifest.json beside it. The same content already
+        installed is left as it is.
+        """
+        source = Path(source)
+        if source.is_file() and source.suffix == ".wasm":
+            source = source.parent
+        if not source.is_dir():
+            raise errors.ExtensionError(f"{source} is not an extension directory")
+        manifest = read_manifest(source)
+        wasm = (source / manifest.wasm_file).read_bytes()
+        if len(wasm) > MAX_WASM_BYTES:
+            raise errors.ExtensionError(f"{manifest.wasm_file} is larger than {MAX_WASM_BYTES} bytes")
+        # Compile and check the ABI before anything is copied.
+        module, _ = await asyncio.to_thread(self.runtime.compile, wasm)
+        check_module_abi(module)
+        dest = self.plugin_dir / manifest.id
+        same = (dest / "manifest.json").exists() and \
+            (dest / "manifest.json").read_bytes() == (source / "manifest.json").read_bytes() and \
+            (dest / manifest.wasm_file).exists() and \
+            _digest((dest / manifest.wasm_file).read_bytes()) == _digest(wasm)
+        if not same:
+            async with self._lock:
+                was_loaded = self._plugins.get(manifest.id)
+            if was_loaded is not None:
+                await self.unload_plugin(manifest.id, remember=False)
+            tmp = self.plugin_dir / f".{manifest.id}.installing"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(mode=0o700)
+            shutil.copyfile(source / "manifest.json", tmp / "manifest.json")
+            shutil.copyfile(source / manifest.wasm_file, tmp / manifest.wasm_file)
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(tmp, dest)
+            log.info("installed extension %s %s", manifest.id, manifest.version)
+        if load:
+            await self.load_plugin(manifest.id)
+        return manifest
+
+    async def load_plugin(self, ext_id: str) -> None:
+        """Compile (or take from the cache), instantiate, and run ``plugin_init``."""
+        async with self._lock:
+            current = self._plugins.get(ext_id)
+            if current is not None and current.state == "loaded":
+                return
+            directory = self.plugin_dir / ext_id
+            if not (directory / "manifest.json").exists():
+                raise errors.NotFound(f"no extension {ext_id!r} is installed in {self.plugin_dir}")
+            manifest = read_manifest(directory)
+            if manifest.id != ext_id:
+                raise errors.ExtensionError(
+                    f"manifest in {directory} has id {manifest.id!r}, not {ext_id!r}")
+            plugin = Plugin(manifest, directory)
+            try:
+                await asyncio.to_thread(self._load_blocking, plugin)
+            except errors.SdError as e:
+                plugin.state, plugin.error = "failed", e.message
+                self._plugins[ext_id] = plugin
+                self._bus.publish(ExtensionFailed(extension_id=ext_id, error=e.message))
+                log.error("extension %s failed to load: %s", ext_id, e.message)
+                raise
+            self._plugins[ext_id] = plugin
+            self._remember(ext_id, True)
+            log.info("extension %s %s loaded (%d jobs, %.1f ms%s)", ext_id, manifest.version,
+                     len(plugin.jobs), plugin.load_ms or 0, ", cached" if plugin.from_cache else "")
+            self._bus.publish(ExtensionLoaded(extension_id=ext_id, version=manifest.version))
+
+    def _load_blocking(self, plugin: Plugin) -> None:
+        t0 = time.perf_counter()
+        m = plugin.manifest
+        wasm = (plugin.directory / m.wasm_file).read_bytes()
+        plugin.module_bytes = len(wasm)
+        module, cached = self.runtime.compile(wasm)
+        check_module_abi(module)
+        plugin.module, plugin.from_cache = module, cached
+        plugin.policy = ExtensionPolicy(m, self.limits)
+        plugin.job_slots = threading.BoundedSemaphore(
+            min(m.permissions.rate_limits.concurrent_jobs, self.limits.concurrent_jobs))
+        env = self._env(plugin, "init")
+        plugin.main = GuestInstance(self.runtime.engine, module, env,
+                                    self._memory_bytes(m), self.limits)
+        code = plugin.main.call("plugin_init")
+        if code != 0:
+            raise errors.ExtensionError(f"plugin_init of {m.id} returned {code}")
+        for job in env.registered:
+            if not job_export_ok(module, job.export):
+                raise errors.ExtensionError(
+                    f"job {job.name!r} names export {job.export!r}, which is missing or not "
+                    f"(i32, i32, i32, i32) -> i32")
+            plugin.jobs[job.name] = job
+        env.phase = "idle"
+        plugin.load_ms = (time.perf_counter() - t0) * 1000
+
+    async def unload_plugin(self, ext_id: str, *, remember: bool = True,
+                            grace: float = 10.0) -> None:
+        """Pause the extension's running jobs, call ``plugin_cleanup``, drop it."""
+        async with self._lock:
+            plugin = self._plugins.pop(ext_id, None)
+            if plugin is None:
+                raise errors.NotFound(f"extension {ext_id!r} is not loaded")
+            if remember:
+                self._remember(ext_id, False)
+        running = list(self._running_contexts(ext_id))
+        for ctx in running:
+            ctx.request(Interrupt.PAUSE, "unload")
+        deadline = time.monotonic() + grace
+        while self._running_contexts(ext_id) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if plugin.state == "loaded":
+            await self._cleanup(plugin)
+        log.info("extension %s unloaded (%d running jobs asked to pause)", ext_id, len(running))
+        self._bus.publish(ExtensionUnloaded(extension_id=ext_id))
+
+    async def reload_plugin(self, ext_id: str) -> None:
+        if ext_id in self._plugins:
+            await self.unload_plugin(ext_id, remember=False)
+        await self.load_plugin(ext_id)
+
+    async def _cleanup(self, plugin: Plugin) -> None:
+        def call() -> None:
+            with plugin.main_lock:
+                if plugin.main is None:
+                    return
+                plugin.main.env.phase = "cleanup"
+                try:
+                    code = plugin.main.call("plugin_cleanup")
+                    if code != 0:
+                        log.warning("plugin_cleanup of %s returned %d", plugin.manifest.id, code)
+                except errors.SdError as e:
+                    log.warning("plugin_cleanup of %s failed: %s", plugin.manifest.id, e.message)
+                plugin.main = None
+        await asyncio.to_thread(call)
+        plugin.state = "unloaded"
+
+    # --- running jobs -------------------------------------------------------------------------
+    def _run_job(self, ctx: JobContext, inp: WasmJobInput) -> Any:
+        """The ``wasm_job`` handler; runs on the job's own thread."""
+        plugin = self._loaded(inp.extension_id)
+        job = next((j for j in plugin.jobs.values() if j.export == inp.export_fn), None)
+        if job is None:
+            raise errors.ExtensionError(
+                f"{inp.export_fn!r} is not a job export registered by {inp.extension_id}",
+                {"jobs": {j.name: j.export for j in plugin.jobs.values()}})
+        assert plugin.policy is not None and plugin.module is not None
+        if not plugin.policy.allows_library(ctx.library_id):
+            raise errors.PermissionDenied(
+                f"extension {inp.extension_id} has no access to library {ctx.library_id}")
+        state = ctx.checkpoint_bytes if ctx.checkpoint_bytes is not None else inp.state_json.encode()
+        try:
+            _json.decode(state)
+        except msgspec.DecodeError as e:
+            raise errors.InvalidParams(f"state_json is not valid JSON: {e}") from None
+        slots = plugin.job_slots
+        assert slots is not None
+        while not slots.acquire(timeout=0.1):
+            if ctx.check_interrupt() is not Interrupt.CONTINUE:
+                raise Interrupted()
+        try:
+            env = self._env(plugin, "job")
+            env.job_id = ctx.job_id
+            instance = GuestInstance(self.runtime.engine, plugin.module, env,
+                                     self._memory_bytes(plugin.manifest), self.limits)
+            ctx_json = _enc.encode(JobCtxJson(ctx.job_id, ctx.library_id, inp.extension_id,
+                                              ctx.resumed))
+            code = instance.run_job(job.export, ctx_json, state)
+        finally:
+            slots.release()
+        if code == 0:
+            return None if ctx.checkpoint_bytes is None else _json.decode(ctx.checkpoint_bytes)
+        if code == 1:
+            if ctx.check_interrupt() is Interrupt.CONTINUE:
+                raise errors.ExtensionError(
+                    f"job {job.name} of {inp.extension_id} returned 'interrupted' unasked")
+            raise Interrupted()
+        raise errors.ExtensionError(f"job {job.name} of {inp.extension_id} failed with code {code}")
+
+    # --- helpers ---------------------------------------------------------------------------------
+    def _loaded(self, ext_id: str) -> Plugin:
+        plugin = self._plugins.get(ext_id)
+        if plugin is None or plugin.state != "loaded":
+            raise errors.ExtensionError(f"extension {ext_id!r} is not loaded"
+                                        + (f" ({plugin.error})" if plugin and plugin.error else ""))
+        return plugin
+
+    def _env(self, plugin: Plugin, phase: str) -> HostEnv:
+        from rpc.dispatch import Caller
+        from rpc.registry import EXTENSION
+
+        assert plugin.policy is not None
+        caller = Caller(EXTENSION, extension_id=plugin.manifest.id, policy=plugin.policy)
+        return HostEnv(plugin.manifest.id, caller, self._dispatch, self._contexts, self.limits,
+                       plugin.log_limiter, self._deadline_ticks, phase=phase)
+
+    def _memory_bytes(self, m: Manifest) -> int:
+        return min(m.permissions.max_memory_mb, self.limits.max_memory_mb) * 1024 * 1024
+
+    def _running_contexts(self, ext_id: str) -> list[JobContext]:
+        return self._contexts.of_extension(ext_id)
+
+    def _read_loaded(self) -> list[str]:
+        try:
+            return list(msgspec.json.decode((self.plugin_dir / "loaded.json").read_bytes(),
+                                            type=list[str]))
+        except (FileNotFoundError, msgspec.DecodeError):
+            return []
+
+    def _remember(self, ext_id: str, loaded: bool) -> None:
+        ids = set(self._read_loaded())
+        (ids.add if loaded else ids.discard)(ext_id)
+        tmp = self.plugin_dir / "loaded.json.tmp"
+        tmp.write_bytes(_enc.encode(sorted(ids)))
+        os.replace(tmp, self.plugin_dir / "loaded.json")
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+

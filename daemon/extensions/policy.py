@@ -1,0 +1,51 @@
+"""What an extension may call: method prefixes, libraries and a request rate.
+
+Checked by the dispatcher for every ``spacedrive_call`` (``Dispatcher.prepare``),
+the same place every socket request is checked.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from daemon import errors
+from daemon.config import ExtensionLimits
+from daemon.extensions.manifest import Manifest
+
+if TYPE_CHECKING:
+    from rpc.registry import Operation
+
+
+class ExtensionPolicy:
+    def __init__(self, manifest: Manifest, limits: ExtensionLimits) -> None:
+        perms = manifest.permissions
+        self.extension_id = manifest.id
+        self.prefixes = tuple(perms.methods)
+        self.libraries = None if perms.libraries == "*" else frozenset(perms.libraries)
+        self.rate = min(perms.rate_limits.requests_per_minute, limits.requests_per_minute) / 60.0
+        self.burst = max(self.rate, 1.0)  # one second's worth
+        self._tokens = self.burst
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def check(self, op: Operation, library_id: str | None) -> None:
+        if not self.prefixes or not op.name.startswith(self.prefixes):
+            raise errors.PermissionDenied(
+                f"extension {self.extension_id} has no permission to call {op.name}",
+                {"method": op.name, "granted": list(self.prefixes)})
+        if library_id is not None and self.libraries is not None and library_id not in self.libraries:
+            raise errors.PermissionDenied(
+                f"extension {self.extension_id} has no access to library {library_id}")
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            if self._tokens < 1.0:
+                raise errors.RateLimited(
+                    f"extension {self.extension_id} exceeded {self.rate * 60:.0f} requests per minute")
+            self._tokens -= 1.0
+
+    def allows_library(self, library_id: str) -> bool:
+        return self.libraries is None or library_id in self.libraries

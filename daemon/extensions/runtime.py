@@ -1,0 +1,141 @@
+"""The wasmtime engine shared by every extension, its epoch ticker, and the module cache.
+
+Compiled modules are cached on disk under ``<plugin-dir>/.cache/`` keyed by the
+module's SHA-256, the wasmtime version and the engine settings, so a second load
+of the same module skips Cranelift. A cache entry that fails to deserialize is
+ignored and rebuilt. The cache directory is private to the daemon (0700):
+deserializing a compiled artifact trusts its bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+
+import wasmtime
+
+from daemon.errors import ExtensionError
+
+log = logging.getLogger("sd.extensions")
+
+I32, I64, F32 = "i32", "i64", "f32"
+
+# ABI v1: the only imports a guest may declare (module "spacedrive").
+ABI_IMPORTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "spacedrive_call": ((I32, I32, I32, I32, I32), (I32,)),
+    "spacedrive_log": ((I32, I32, I32), ()),
+    "register_job": ((I32, I32, I32, I32, I32), (I32,)),
+    "job_report_progress": ((I32, F32, I32, I32), ()),
+    "job_checkpoint": ((I32, I32, I32), (I32,)),
+    "job_check_interrupt": ((I32,), (I32,)),
+    "job_add_warning": ((I32, I32, I32), ()),
+    "job_increment_items": ((I32, I64), ()),
+    "job_increment_bytes": ((I32, I64), ()),
+}
+ABI_MODULE = "spacedrive"
+# Exports every guest must have, with their signatures (None: a memory).
+REQUIRED_EXPORTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]] | None] = {
+    "memory": None,
+    "wasm_alloc": ((I32,), (I32,)),
+    "wasm_free": ((I32, I32), ()),
+    "plugin_init": ((), (I32,)),
+    "plugin_cleanup": ((), (I32,)),
+}
+JOB_EXPORT_SIG = ((I32, I32, I32, I32), (I32,))
+
+
+def func_sig(ty: wasmtime.FuncType) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return tuple(str(p) for p in ty.params), tuple(str(r) for r in ty.results)
+
+
+class WasmRuntime:
+    """One engine (Cranelift, epoch interruption) and the compiled-module cache."""
+
+    def __init__(self, cache_dir: Path, epoch_tick_ms: int) -> None:
+        config = wasmtime.Config()
+        config.strategy = "cranelift"
+        config.cranelift_opt_level = "speed"
+        config.epoch_interruption = True
+        self.engine = wasmtime.Engine(config)
+        self.tick_s = epoch_tick_ms / 1000.0
+        self.cache_dir = cache_dir
+        self.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._version = metadata.version("wasmtime")
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="wasm-epoch", daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        # Guests are stopped when the epoch passes their deadline; see Store.set_epoch_deadline.
+        while not self._stop.wait(self.tick_s):
+            self.engine.increment_epoch()
+
+    def ticks(self, ms: int) -> int:
+        return max(1, int(ms / 1000.0 / self.tick_s))
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def compile(self, wasm: bytes) -> tuple[wasmtime.Module, bool]:
+        """The compiled module and whether it came from the cache. Blocking."""
+        key = hashlib.sha256(wasm).hexdigest()
+        path = self.cache_dir / f"{key}-wasmtime{self._version}-epoch.cwasm"
+        if path.exists():
+            try:
+                return wasmtime.Module.deserialize(self.engine, path.read_bytes()), True
+            except Exception as e:  # noqa: BLE001 - a bad cache entry is rebuilt, not fatal
+                log.warning("ignoring unusable cache entry %s: %s", path.name, e)
+                path.unlink(missing_ok=True)
+        try:
+            module = wasmtime.Module(self.engine, wasm)
+        except wasmtime.WasmtimeError as e:
+            raise ExtensionError(f"not a valid WebAssembly module: {_first_line(e)}") from None
+        tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
+        try:
+            tmp.write_bytes(module.serialize())
+            os.replace(tmp, path)
+        except OSError as e:
+            log.warning("cannot write module cache %s: %s", path, e)
+            tmp.unlink(missing_ok=True)
+        return module, False
+
+
+def check_module_abi(module: wasmtime.Module) -> None:
+    """Refuse imports beyond ABI v1 and missing or mistyped required exports, by name."""
+    for imp in module.imports:
+        name = f"{imp.module}.{imp.name}"
+        ty = imp.type
+        if imp.module != ABI_MODULE or imp.name not in ABI_IMPORTS:
+            raise ExtensionError(f"module imports {name}, which is not part of ABI v1")
+        if not isinstance(ty, wasmtime.FuncType) or func_sig(ty) != ABI_IMPORTS[imp.name or ""]:
+            raise ExtensionError(f"module imports {name} with the wrong signature")
+    exports = {e.name: e.type for e in module.exports}
+    for name, sig in REQUIRED_EXPORTS.items():
+        ty = exports.get(name)
+        if ty is None:
+            raise ExtensionError(f"module does not export {name!r} (required by ABI v1)")
+        if sig is None:
+            if not isinstance(ty, wasmtime.MemoryType):
+                raise ExtensionError(f"export {name!r} must be a memory")
+        elif not isinstance(ty, wasmtime.FuncType) or func_sig(ty) != sig:
+            raise ExtensionError(f"export {name!r} has the wrong signature")
+
+
+def job_export_ok(module: wasmtime.Module, name: str) -> bool:
+    for e in module.exports:
+        if e.name == name:
+            return isinstance(e.type, wasmtime.FuncType) and func_sig(e.type) == JOB_EXPORT_SIG
+    return False
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def now_ms() -> float:
+    return time.monotonic() * 1000.0
