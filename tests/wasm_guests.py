@@ -35,7 +35,8 @@ IMPORTS = {
 
 
 def module(body: str, imports: tuple[str, ...] = (), prelude: bool = True) -> str:
-    return "(module\n" + "\n".join(IMPORTS[i] for i in imports) + (PRELUDE if prelude else "") + body + "\n)"
+    """A guest module: the named (or raw, written out) imports, the prelude, then ``body``."""
+    return "(module\n" + "\n".join(IMPORTS.get(i, i) for i in imports) + (PRELUDE if prelude else "") + body + "\n)"
 
 
 def make_extension(dest: Path, ext_id: str, wat: str, permissions: dict[str, Any] | None = None,
