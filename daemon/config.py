@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import grp
 import os
 from pathlib import Path
 
 import msgspec
 
 
-class ExtensionLimits(msgspec.Struct, frozen=True):
+class ExtensionLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Ceilings for every extension; a manifest may ask for less, never more."""
 
     max_memory_mb: int = 128
@@ -25,7 +26,7 @@ class ExtensionLimits(msgspec.Struct, frozen=True):
     concurrent_jobs: int = 8
 
 
-class DaemonConfig(msgspec.Struct, frozen=True):
+class DaemonConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Everything the daemon is told at start; never mutated afterwards."""
 
     data_dir: Path
@@ -44,6 +45,8 @@ class DaemonConfig(msgspec.Struct, frozen=True):
     extension_limits: ExtensionLimits = ExtensionLimits()
     # Seconds a clean shutdown waits for running jobs to reach a checkpoint.
     shutdown_grace_s: float = 10.0
+    # Members of this group (primary or supplementary) may use the socket too (mode 0660).
+    socket_gid: int | None = None
 
 
 def default_data_dir() -> Path:
@@ -61,3 +64,33 @@ def default_socket_path(data_dir: Path) -> Path:
     if runtime := os.environ.get("XDG_RUNTIME_DIR"):
         return Path(runtime) / "sd" / "sd.sock"
     return data_dir / "sd.sock"
+
+
+def load_config(path: Path | None, overrides: dict[str, object]) -> DaemonConfig:
+    """Settings from an optional JSON file, with ``overrides`` (command-line options) on top.
+
+    Unknown keys and wrong types are refused with the offending field named.
+    """
+    from daemon.errors import InvalidParams
+
+    values: dict[str, object] = {}
+    if path is not None:
+        try:
+            loaded = msgspec.json.decode(path.read_bytes())
+        except (OSError, msgspec.DecodeError) as e:
+            raise InvalidParams(f"cannot read config {path}: {e}") from None
+        if not isinstance(loaded, dict):
+            raise InvalidParams(f"config {path} must hold a JSON object")
+        values.update(loaded)
+    values.update(overrides)
+    try:
+        return msgspec.convert(values, DaemonConfig, strict=False)
+    except msgspec.ValidationError as e:
+        raise InvalidParams(f"invalid config: {e}") from None
+
+
+def resolve_group(name: str) -> int:
+    """A group name or numeric gid as a gid; KeyError if no such group."""
+    if name.isdigit():
+        return int(name)
+    return grp.getgrnam(name).gr_gid

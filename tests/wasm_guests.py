@@ -60,3 +60,37 @@ def data(offset: int, text: str) -> str:
     """A data segment holding ``text`` (UTF-8) at ``offset``."""
     esc = "".join(f"\\{b:02x}" for b in text.encode())
     return f'(data (i32.const {offset}) "{esc}")'
+
+
+def _parts() -> dict[str, str]:
+    parts: dict[str, str] = {}
+    name = None
+    for line in (GUESTS / "parts.wat").read_text().splitlines():
+        if line.startswith(";; @part "):
+            name = line.split()[-1]
+            parts[name] = ""
+        elif line.startswith(";; @end"):
+            name = None
+        elif name is not None:
+            parts[name] += line + "\n"
+    return parts
+
+
+def hostile(name: str, **subs: object) -> str:
+    """The WAT text of ``guests/hostile/<name>.wat`` with its includes and ``{KEY}`` values filled."""
+    parts = _parts()
+    out = []
+    for line in (GUESTS / "hostile" / f"{name}.wat").read_text().splitlines():
+        if line.startswith(";; @include "):
+            out.append(parts[line.split()[-1]])
+        else:
+            out.append(line)
+    text = "\n".join(out)
+    for key, value in subs.items():
+        text = text.replace("{" + key + "}", str(value))
+    return text
+
+
+def wat_bytes(raw: bytes) -> str:
+    """Bytes as a WAT string literal body."""
+    return "".join(f"\\{b:02x}" for b in raw)
