@@ -1,4 +1,9 @@
-"""Log to stderr, one line per event, with level and logger name."""
+"""Log to stderr, one line per event, with level and logger name.
+
+Under systemd, stderr is the journal (``$JOURNAL_STREAM``): lines then start with a
+syslog priority (``<3>`` error ... ``<7>`` debug) instead of a timestamp, which the
+journal records itself, so ``journalctl -p warning`` filters by level.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,11 @@ _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERRO
 
 
 class _JournalFormatter(logging.Formatter):
+    """``<N>`` on every line: journald makes each line an entry (a traceback too)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        prio = _PRIORITY.get(record.levelno, 6)
-        return f"<{prio}>{super().format(record)}"
+        prefix = f"<{_PRIORITY.get(record.levelno, 6)}>"
+        return "\n".join(prefix + line for line in super().format(record).split("\n"))
 
 
 def stderr_is_journal() -> bool:
@@ -31,6 +38,7 @@ def stderr_is_journal() -> bool:
 
 
 def setup_logging(level: str) -> None:
+    """Log to stderr: ``<N>``-prefixed lines for journald, timestamped lines otherwise."""
     handler = logging.StreamHandler(sys.stderr)
     if stderr_is_journal():
         handler.setFormatter(_JournalFormatter("%(levelname)s %(name)s: %(message)s"))

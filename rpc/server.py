@@ -14,7 +14,7 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +27,27 @@ from rpc.registry import CLIENT
 log = logging.getLogger("sd.server")
 
 _PEERCRED = struct.Struct("3i")
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # not exported by Python 3.11
 
 
 class SocketInUse(errors.SdError):
     kind = "socket_in_use"
 
 
-def prepare_socket_path(path: Path) -> None:
-    """Create the socket's private directory; remove a stale socket; refuse a live one."""
+def prepare_socket_path(path: Path, gid: int | None = None) -> None:
+    """Create the socket's private directory; remove a stale socket; refuse a live one.
+
+    The directory is 0700, or 0750 owned by group ``gid`` when that group may connect.
+    """
     parent = path.parent
+    mode = 0o700 if gid is None else 0o750
     if not parent.exists():
-        parent.mkdir(mode=0o700, parents=True)
-    else:
-        st = parent.stat()
-        if st.st_uid == os.getuid() and not st.st_mode & stat.S_ISVTX:
-            os.chmod(parent, 0o700)
+        parent.mkdir(mode=mode, parents=True)
+    st = parent.stat()
+    if st.st_uid == os.getuid() and not st.st_mode & stat.S_ISVTX:
+        if gid is not None and st.st_gid != gid:
+            os.chown(parent, -1, gid)
+        os.chmod(parent, mode)
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise SocketInUse(f"{path} exists and is not a socket; refusing to replace it")
@@ -59,18 +65,38 @@ def prepare_socket_path(path: Path) -> None:
             probe.close()
 
 
-def bind_socket(path: Path) -> socket.socket:
-    prepare_socket_path(path)
+def bind_socket(path: Path, gid: int | None = None) -> socket.socket:
+    """Bind and listen: mode 0600, or 0660 owned by group ``gid``."""
+    prepare_socket_path(path, gid)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
         sock.bind(str(path))
     finally:
         os.umask(old)
-    os.chmod(path, 0o600)
+    if gid is not None:
+        os.chown(path, -1, gid)
+    os.chmod(path, 0o600 if gid is None else 0o660)
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+def peer_groups(sock: socket.socket) -> tuple[int, ...]:
+    """The peer's supplementary groups as of connect() (SO_PEERGROUPS, Linux 4.13+).
+
+    Taken from the socket, not from /proc/<pid>: no pid-reuse race, and it works
+    under ``ProtectProc=invisible``.
+    """
+    for size in (64, 65536):  # NGROUPS_MAX is 65536
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, size * 4)
+        except OSError as e:
+            if e.errno == errno.ERANGE:
+                continue
+            return ()
+        return struct.unpack(f"{len(raw) // 4}I", raw)
+    return ()
 
 
 class Connection(asyncio.Protocol):
@@ -96,7 +122,7 @@ class Connection(asyncio.Protocol):
                 sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
         except OSError:
             pid, uid, gid = 0, -1, -1
-        if not self.server.peer_allowed(uid, gid):
+        if not self.server.peer_allowed(uid, gid, lambda: peer_groups(sock)):
             log.warning("refused connection from pid %d uid %d gid %d", pid, uid, gid)
             transport.write(encode_error(None, errors.PermissionDenied(
                 f"uid {uid} may not use this daemon")) + b"\n")
@@ -221,15 +247,19 @@ class RpcServer:
         self._server: asyncio.AbstractServer | None = None
         self._owns_path = False
 
-    def peer_allowed(self, uid: int, gid: int) -> bool:
+    def peer_allowed(self, uid: int, gid: int,
+                     groups: Callable[[], Iterable[int]] = tuple) -> bool:
+        """Root, our own uid, or a member of ``allowed_gid`` (primary or supplementary)."""
         if uid in (0, os.getuid()):
             return True
-        return self.allowed_gid is not None and gid == self.allowed_gid
+        if self.allowed_gid is None:
+            return False
+        return gid == self.allowed_gid or self.allowed_gid in groups()
 
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
         if sock is None:
-            sock = bind_socket(self.socket_path)
+            sock = bind_socket(self.socket_path, self.allowed_gid)
             self._owns_path = True
         self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
         log.info("listening on %s", self.socket_path)
