@@ -27,6 +27,7 @@ from rpc.registry import CLIENT
 log = logging.getLogger("sd.server")
 
 _PEERCRED = struct.Struct("3i")
+BACKLOG = 4096  # connections waiting to be accepted (capped by net.core.somaxconn)
 _SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # not exported by Python 3.11
 
 
@@ -77,7 +78,7 @@ def bind_socket(path: Path, gid: int | None = None) -> socket.socket:
     if gid is not None:
         os.chown(path, -1, gid)
     os.chmod(path, 0o600 if gid is None else 0o660)
-    sock.listen(1024)
+    sock.listen(BACKLOG)
     sock.setblocking(False)
     return sock
 
@@ -261,7 +262,9 @@ class RpcServer:
         if sock is None:
             sock = bind_socket(self.socket_path, self.allowed_gid)
             self._owns_path = True
-        self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
+        # uvloop listens again with `backlog`; keep it as deep as bind_socket's.
+        self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock,
+                                                     backlog=BACKLOG)
         log.info("listening on %s", self.socket_path)
 
     async def stop(self, grace: float = 10.0) -> None:
