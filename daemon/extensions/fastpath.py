@@ -225,14 +225,18 @@ class HostCall:
     (and so move) it.
     """
 
-    __slots__ = ("_caller", "_ctx", "_mem", "_mem_extern", "_store_id")
+    __slots__ = ("_base", "_caller", "_ctx", "_host", "_mem", "_mem_extern", "_size", "_store_id")
 
-    def __init__(self, caller: int, store_id: int) -> None:
+    def __init__(self, caller: int, store_id: int, host: _Host | None = None) -> None:
         self._caller: int | None = caller
         self._ctx: int | None = None  # wasmtime_context_t*, looked up on first use
         self._store_id = store_id
+        self._host = host
         self._mem_extern: ffi.wasmtime_extern_t | None = None
         self._mem = 0  # address of the wasmtime_memory_t inside _mem_extern
+        # Memory base and size, valid until the next call into the guest.
+        self._base = 0
+        self._size = -1
 
     def _live_caller(self) -> int:
         caller = self._caller
@@ -247,6 +251,9 @@ class HostCall:
         return ctx
 
     def _memory(self) -> int:
+        host = self._host
+        if self._mem_extern is None and host is not None and host.mem_extern is not None:
+            self._mem_extern, self._mem = host.mem_extern, host.mem
         if self._mem_extern is None:
             extern = ffi.wasmtime_extern_t()
             found = _caller_export_get(self._live_caller(), b"memory", 6, ctypes.byref(extern))
@@ -257,17 +264,22 @@ class HostCall:
                 raise GuestCallError("guest does not export a linear memory named 'memory'")
             self._mem_extern = extern
             self._mem = ctypes.addressof(extern) + _EXTERN_PAYLOAD_OFFSET
+            if host is not None and host.cache_memory:
+                # One instance per store: its memory (store id + index) never changes.
+                host.mem_extern, host.mem = extern, self._mem
         return self._mem
 
     def _checked_base(self, ptr: int, length: int) -> int:
         """Base address of memory after checking [ptr, ptr+length) lies inside it."""
-        mem = self._memory()
-        ctx = self._context()
-        size: int = _memory_data_size(ctx, mem)
+        size = self._size
+        if size < 0:
+            mem = self._memory()
+            ctx = self._context()
+            size = self._size = _memory_data_size(ctx, mem)
+            self._base = _memory_data(ctx, mem) or 0
         if ptr < 0 or length < 0 or ptr + length > size:
             raise GuestCallError(f"out of bounds: ptr={ptr} len={length} memory={size}")
-        base: int | None = _memory_data(ctx, mem)
-        return base or 0
+        return self._base
 
     @property
     def memory_size(self) -> int:
@@ -300,6 +312,7 @@ class HostCall:
         if func._store_id != self._store_id:
             # Calling across stores makes libwasmtime panic, which aborts the process.
             raise GuestCallError("HostCall.call: function belongs to a different Store")
+        self._size = -1  # the guest may grow (and so move) its memory
         return func._invoke(self._context(), args, nested=True)
 
     def _invalidate(self) -> None:
@@ -310,9 +323,14 @@ class HostCall:
 class _Host:
     """Registry entry for one host function created by define_unchecked."""
 
-    __slots__ = ("args", "fn", "nparams", "store_id", "view_type", "write_result")
+    __slots__ = ("args", "cache_memory", "fn", "mem", "mem_extern", "nparams", "store_id",
+                 "view_type", "write_result")
 
-    def __init__(self, fn: HostFn, params: tuple[str, ...], results: tuple[str, ...]) -> None:
+    def __init__(self, fn: HostFn, params: tuple[str, ...], results: tuple[str, ...],
+                 cache_memory: bool = False) -> None:
+        self.cache_memory = cache_memory
+        self.mem_extern: ffi.wasmtime_extern_t | None = None
+        self.mem = 0
         self.fn = fn
         self.nparams = len(params)
         self.view_type = c_char * (_SLOT_BYTES * max(len(params), len(results)))
@@ -333,7 +351,7 @@ def _trampoline(env: int | None, caller: int | None, raw: int | None, nraw: int)
     call: HostCall | None = None
     try:
         host = _HOSTS[env or 0]
-        call = HostCall(caller or 0, host.store_id)
+        call = HostCall(caller or 0, host.store_id, host)
         # For a () -> () function wasmtime may pass no array at all.
         view = host.view_type.from_address(raw) if raw else host.view_type()
         args: tuple[Number, ...] = host.args.unpack_from(view) if host.nparams else ()
@@ -381,13 +399,17 @@ ctypes.pythonapi.Py_IncRef(ctypes.py_object(_TRAMPOLINE))
 ctypes.pythonapi.Py_IncRef(ctypes.py_object(_FINALIZER))
 
 
-def define_unchecked(store: wasmtime.Store, ty: wasmtime.FuncType, fn: HostFn) -> wasmtime.Func:
+def define_unchecked(store: wasmtime.Store, ty: wasmtime.FuncType, fn: HostFn, *,
+                     single_instance: bool = False) -> wasmtime.Func:
     """Create a host function in `store` that receives raw, type-decoded arguments.
 
     `fn(call, args)` gets i32/i64 as ints (i32 signed, as the guest sees it) and
     f32/f64 as floats; it returns None or one value matching `ty`'s result.  Any
     exception it raises becomes a trap carrying ``"TypeName: message"`` (just
     the message for :class:`GuestCallError`).
+
+    `single_instance=True` promises that only one instance in `store` imports
+    the function, so the caller's memory export is looked up once and reused.
     """
     if not isinstance(store, wasmtime.Store):
         raise TypeError("expected a wasmtime.Store")
@@ -396,7 +418,7 @@ def define_unchecked(store: wasmtime.Store, ty: wasmtime.FuncType, fn: HostFn) -
     if not callable(fn):
         raise TypeError("expected a callable")
     params, results = _kinds(ty.params, "parameter"), _kinds(ty.results, "result")
-    host = _Host(fn, params, results)
+    host = _Host(fn, params, results, cache_memory=single_instance)
     # A wasm_functype_t binds to the first Engine it is used with, and
     # libwasmtime 50 aborts the process (assertion `comes_from_same_engine`) if
     # it is later used with another one; so never pass the caller's `ty` down.

@@ -247,5 +247,7 @@ def build_imports(store: wasmtime.Store, module: wasmtime.Module,
     out = []
     for imp in module.imports:
         assert imp.module == ABI_MODULE and imp.name is not None
-        out.append(define_unchecked(store, FUNC_TYPES[imp.name], fns[imp.name]))
+        # GuestInstance puts exactly one instance in each store.
+        out.append(define_unchecked(store, FUNC_TYPES[imp.name], fns[imp.name],
+                                    single_instance=True))
     return out
