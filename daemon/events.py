@@ -101,8 +101,8 @@ AnyEvent = (
 )
 
 EVENT_KINDS: frozenset[str] = frozenset(
-    cls.__struct_config__.tag  # type: ignore[misc]
-    for cls in AnyEvent.__args__  # type: ignore[attr-defined]
+    cls.__struct_config__.tag
+    for cls in AnyEvent.__args__
 )
 
 

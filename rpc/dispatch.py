@@ -120,7 +120,7 @@ class Dispatcher:
 def _decode(op: Operation, payload: Any) -> Any:
     try:
         if isinstance(payload, (bytes, bytearray, memoryview, msgspec.Raw)):
-            n = len(payload)  # type: ignore[arg-type]
+            n = len(payload)
             if n and not (n == 4 and bytes(payload) == b"null"):
                 return op.decoder.decode(payload)
             payload = None

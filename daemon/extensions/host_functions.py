@@ -219,7 +219,7 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
     def hc_deadline(hc: HostCall) -> None:
         hc.set_epoch_deadline(env.deadline_ticks)
 
-    fns = {
+    fns: dict[str, Callable[[HostCall, tuple[Any, ...]], Any]] = {
         "spacedrive_call": spacedrive_call,
         "spacedrive_log": spacedrive_log,
         "register_job": register_job,

@@ -116,13 +116,13 @@ def check_module_abi(module: wasmtime.Module) -> None:
             raise ExtensionError(f"module imports {name} with the wrong signature")
     exports = {e.name: e.type for e in module.exports}
     for name, sig in REQUIRED_EXPORTS.items():
-        ty = exports.get(name)
-        if ty is None:
+        export = exports.get(name)
+        if export is None:
             raise ExtensionError(f"module does not export {name!r} (required by ABI v1)")
         if sig is None:
-            if not isinstance(ty, wasmtime.MemoryType):
+            if not isinstance(export, wasmtime.MemoryType):
                 raise ExtensionError(f"export {name!r} must be a memory")
-        elif not isinstance(ty, wasmtime.FuncType) or func_sig(ty) != sig:
+        elif not isinstance(export, wasmtime.FuncType) or func_sig(export) != sig:
             raise ExtensionError(f"export {name!r} has the wrong signature")
 
 

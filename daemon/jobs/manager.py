@@ -11,6 +11,8 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import builtins
+import functools
 import logging
 import threading
 import uuid
@@ -162,15 +164,14 @@ class JobManager:
         if pending:
             await asyncio.wait(pending, timeout=grace)
         for job_id, ctx in list(self._running.items()):
-            jt_resumable = ctx.name in self._types and self._types.get(ctx.name).resumable
-            if jt_resumable:
-                await self._db.run(lambda c, j=job_id, p=ctx.snapshot(): store.transition(
-                    c, j, "paused", expect=("running",), progress=p, pause_reason="shutdown",
-                    note="still running at shutdown; resumes from its last checkpoint"))
-            else:
-                await self._db.run(lambda c, j=job_id, p=ctx.snapshot(): store.transition(
-                    c, j, "failed", expect=("running",), progress=p,
-                    error="the daemon stopped while this job was running"))
+            resumable = ctx.name in self._types and self._types.get(ctx.name).resumable
+            await self._db.run(functools.partial(
+                store.transition, job_id=job_id, status="paused" if resumable else "failed",
+                expect=("running",), progress=ctx.snapshot(),
+                pause_reason="shutdown" if resumable else None,
+                error=None if resumable else "the daemon stopped while this job was running",
+                note="still running at shutdown; resumes from its last checkpoint"
+                if resumable else None))
             self._contexts.unregister(job_id)
         for task in self._tasks.values():
             task.cancel()
@@ -207,7 +208,7 @@ class JobManager:
                 lambda c: store.transitions(c, job_id))]
         return self._info(row, trans)
 
-    async def list(self, status: str | None = None, limit: int = 100) -> list[JobInfo]:
+    async def list(self, status: str | None = None, limit: int = 100) -> builtins.list[JobInfo]:
         if status is not None and status not in store.STATUSES:
             raise errors.InvalidParams(f"unknown status {status!r}; one of {store.STATUSES}")
         rows = await self._db.run(lambda c: store.list_jobs(c, status, limit))
@@ -262,7 +263,7 @@ class JobManager:
             raise errors.NotFound(f"no job {job_id} in library {self.library_id}")
         return row
 
-    def _info(self, row: store.JobRow, trans: list[Transition] | None) -> JobInfo:
+    def _info(self, row: store.JobRow, trans: builtins.list[Transition] | None) -> JobInfo:
         ctx = self._running.get(row.id)
         info = JobInfo(
             id=row.id, library_id=self.library_id, name=row.name, status=row.status,
@@ -287,7 +288,11 @@ class JobManager:
             return
         task = asyncio.create_task(self._run(job_id), name=f"job-{job_id}")
         self._tasks[job_id] = task
-        task.add_done_callback(lambda t, j=job_id: self._tasks.pop(j, None) if self._tasks.get(j) is t else None)
+        task.add_done_callback(functools.partial(self._forget_task, job_id))
+
+    def _forget_task(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(job_id) is task:
+            del self._tasks[job_id]
 
     async def _run(self, job_id: str) -> None:
         async with self._slots:

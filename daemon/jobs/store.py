@@ -27,12 +27,15 @@ class Progress(NamedTuple):
     warnings: list[str]
 
 
+Blob = bytes  # the field named `bytes` below shadows the type inside the class
+
+
 class JobRow(msgspec.Struct):
     """One row of ``jobs`` as stored."""
 
     id: str
     name: str
-    input: bytes
+    input: Blob
     status: str
     resumable: bool
     extension_id: str | None
@@ -47,8 +50,8 @@ class JobRow(msgspec.Struct):
     bytes: int
     warnings: list[str]
     error: str | None
-    output: bytes | None
-    checkpoint: bytes | None
+    output: Blob | None
+    checkpoint: Blob | None
     checkpoint_at: float | None
     checkpoints: int
     pause_reason: str | None

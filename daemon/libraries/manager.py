@@ -90,7 +90,7 @@ class LibraryManager:
             await db.close()
             raise ValueError(f"library id {lib_id} does not match its directory {path.name}")
         jobs = JobManager(lib_id, db, self._job_types, self._bus, self._slots, self._contexts)
-        return Library(lib_id, meta.get("name", lib_id), float(meta.get("created_at", 0)),
+        return Library(lib_id, str(meta.get("name", lib_id)), float(meta.get("created_at", 0)),
                        path, db, jobs)
 
     async def create_library(self, name: str) -> Library:
