@@ -5,8 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXT_BUILD := build/extensions
+PREFIX ?= /opt/sd
 
-.PHONY: setup extensions run test bench lint clean
+.PHONY: setup extensions run test bench lint clean install-service uninstall-service
 
 setup: $(STAMP)
 
@@ -24,7 +25,15 @@ run: setup extensions
 	$(VENV)/bin/sd-daemon --bundled-extensions $(EXT_BUILD)
 
 test: setup extensions
-	$(VENV)/bin/pytest -q
+	bash scripts/ensure-test-tools.sh && $(VENV)/bin/pytest -q
+
+# As root, after `make extensions` as yourself: the daemon in $(PREFIX)/venv, the "sd"
+# user, the system and user units (docs/service.md). Enables nothing.
+install-service:
+	PREFIX=$(PREFIX) bash systemd/install.sh install
+
+uninstall-service:
+	PREFIX=$(PREFIX) bash systemd/install.sh uninstall
 
 bench: setup extensions
 	$(PY) -m bench

@@ -42,10 +42,6 @@ class Notifier:
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Notifier:
         return cls(environ.get("NOTIFY_SOCKET"))
 
-    @property
-    def enabled(self) -> bool:
-        return self._sock is not None
-
     def notify(self, *lines: str) -> bool:
         """Send one message of ``lines``; True if it was sent."""
         if self._sock is None or self.address is None:
@@ -115,9 +111,9 @@ def listen_fds(environ: MutableMapping[str, str] = os.environ,
     result = []
     for i in range(n):
         fd = LISTEN_FDS_START + i
-        os.set_inheritable(fd, False)
         name = labels[i] if i < len(labels) else "unknown"
         try:
+            os.set_inheritable(fd, False)
             result.append((name, socket.socket(fileno=fd)))  # family and type read from the fd
         except OSError as e:
             log.warning("ignoring fd %d (%r) passed by systemd: %s", fd, name, e)

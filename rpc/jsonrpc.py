@@ -15,7 +15,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -36,6 +36,20 @@ class Request(msgspec.Struct):
     jsonrpc: str
     method: str
     params: Params | None = None
+    id: int | str | None | msgspec.UnsetType = _UNSET
+
+
+class _ParamsShape(msgspec.Struct, forbid_unknown_fields=True):
+    library_id: str | None = None
+    payload: Any = None
+
+
+class _RequestShape(msgspec.Struct):
+    """Request, with params checked but not captured: classifies what is wrong with a request."""
+
+    jsonrpc: Literal["2.0"]
+    method: str
+    params: _ParamsShape | None = None
     id: int | str | None | msgspec.UnsetType = _UNSET
 
 
@@ -134,7 +148,7 @@ class JsonRpc:
             return encode_error(rid, error_from_exception(e, method))
 
     def _malformed(self, text: bytes | msgspec.Raw) -> bytes | None:
-        """A request that did not decode as a Request: parse error or invalid request."""
+        """A request that did not decode as a Request: parse error, bad params or bad request."""
         try:
             obj = _any.decode(text)
         except msgspec.DecodeError as e:
@@ -144,17 +158,14 @@ class JsonRpc:
             maybe = obj.get("id")
             if isinstance(maybe, (str, int)) and not isinstance(maybe, bool):
                 rid = maybe
-            if obj.get("jsonrpc") == "2.0" and isinstance(obj.get("method"), str) and "id" not in obj:
-                return None  # a notification with bad params: no response, by the spec
-            if isinstance(obj.get("method"), str) and obj.get("jsonrpc") == "2.0":
-                try:
-                    msgspec.convert(obj.get("params"), Params | None)
-                except msgspec.ValidationError as e:
-                    return encode_error(rid, errors.InvalidParams(
-                        f'params must be {{"library_id": <uuid or null>, "payload": {{...}}}}: {e}'))
         try:
-            msgspec.convert(obj, Request)
+            msgspec.convert(obj, _RequestShape)
         except msgspec.ValidationError as e:
+            if str(e).endswith("`$.params`") or "- at `$.params." in str(e):
+                if "id" not in obj:
+                    return None  # a notification: never answered, even when wrong
+                return encode_error(rid, errors.InvalidParams(
+                    f'params must be {{"library_id": <uuid or null>, "payload": {{...}}}}: {e}'))
             return encode_error(rid, errors.InvalidRequest(f"invalid request: {e}"))
         return encode_error(rid, errors.InvalidRequest("invalid request"))
 

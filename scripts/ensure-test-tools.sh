@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test suite runs (beyond the venv and the Rust
+# toolchain that scripts/build-extensions.sh sees to), only when a tool is missing:
+#   systemd      systemd-analyze (verify, security), systemd-socket-activate
+#                (tests/test_systemd.py; neither needs systemd running)
+#   util-linux   setpriv (tests that connect as another user)
+# A no-op taking milliseconds when all is there. Called by `make test`.
+set -euo pipefail
+
+declare -A PACKAGE_OF=(
+    [systemd-analyze]=systemd
+    [systemd-socket-activate]=systemd
+    [setpriv]=util-linux
+)
+
+missing=()
+for tool in "${!PACKAGE_OF[@]}"; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        pkg="${PACKAGE_OF[$tool]}"
+        [[ " ${missing[*]-} " == *" $pkg "* ]] || missing+=("$pkg")
+    fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "ensure-test-tools: installing ${missing[*]}" >&2
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+        echo "ensure-test-tools: not root and no sudo: as root run apt-get install -y ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+for tool in "${!PACKAGE_OF[@]}"; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "ensure-test-tools: $tool still missing" >&2; exit 1; }
+done
