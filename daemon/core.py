@@ -71,6 +71,9 @@ class Core:
         lock_file = _lock_data_dir(data_dir)
         core = cls(config, lock_file)
         try:
+            from daemon.locations import JOB_TYPES as builtin_job_types
+            for job_type in builtin_job_types:
+                core.job_types.register(job_type)
             for job_type in job_types:
                 core.job_types.register(job_type)
             await core.libraries.load_all()

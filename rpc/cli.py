@@ -183,7 +183,7 @@ def daemon_stop(ctx: Ctx) -> None:
 
 
 def main() -> None:
-    from rpc import cli_ext, cli_jobs  # noqa: F401 - register the job, event and extension commands
+    from rpc import cli_ext, cli_files, cli_jobs  # noqa: F401 - register the other commands
 
     cli()
 

@@ -1,17 +1,15 @@
 """``execute_json_operation``: the single dispatch point.
 
-Socket clients and WASM guests reach every operation through ``Dispatcher``:
-``prepare`` does all validation (method, payload, library, caller permissions,
-rate limits) synchronously; ``invoke`` runs the handler. The socket server and
-the guests' ``spacedrive_call`` use the same two steps, so both get the same
-checks; they differ only in which thread awaits a coroutine handler.
+Socket clients and WASM guests reach every operation through ``Dispatcher.start``:
+it does all validation (method, caller, permissions, rate limits, library,
+payload) synchronously, then calls the handler. The socket server and the
+guests' ``spacedrive_call`` both go through it, so both get the same checks;
+they differ only in which thread awaits a coroutine handler.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -63,17 +61,6 @@ class OpContext:
         return self.library
 
 
-@dataclass(slots=True)
-class PreparedCall:
-    op: Operation
-    ctx: OpContext
-    value: Any
-
-    def invoke(self) -> Any:
-        """Run the handler: a result for plain handlers, an awaitable for coroutines."""
-        return self.op.handler(self.ctx, self.value)
-
-
 class Dispatcher:
     """Routes ``(method, library_id, payload, caller)`` to an operation."""
 
@@ -81,8 +68,13 @@ class Dispatcher:
         self.core = core
         self.loop = asyncio.get_running_loop()
 
-    def prepare(self, method: str, library_id: str | None, payload: Any,
-                caller: Caller) -> PreparedCall:
+    def start(self, method: str, library_id: str | None, payload: Any,
+              caller: Caller) -> tuple[Operation, Any]:
+        """Validate the call, then call the handler.
+
+        Returns the operation and what its handler returned: the result of a plain
+        handler, or a coroutine to await when ``op.is_async``.
+        """
         op = OPERATIONS.get(method)
         if op is None:
             raise errors.MethodNotFound(f"unknown method {method!r}", {"method": method})
@@ -97,24 +89,23 @@ class Dispatcher:
                                              {"method": method})
             library = self.core.libraries.get(library_id)
         value = _decode(op, payload)
-        return PreparedCall(op, OpContext(self.core, library, caller), value)
+        return op, op.handler(OpContext(self.core, library, caller), value)
 
     async def execute_json_operation(self, method: str, library_id: str | None, payload: Any,
                                      caller: Caller = LOCAL) -> Any:
         """Validate and run one operation; returns its result or raises an SdError."""
-        result = self.prepare(method, library_id, payload, caller).invoke()
-        if inspect.isawaitable(result):
+        op, result = self.start(method, library_id, payload, caller)
+        if op.is_async:
             result = await result
         return result
 
     def execute_from_thread(self, method: str, library_id: str | None, payload: Any,
                             caller: Caller) -> Any:
         """The same, for a worker thread (a guest): coroutine handlers run on the loop."""
-        call = self.prepare(method, library_id, payload, caller)
-        if not call.op.is_async:
-            return call.invoke()
-        coro: Awaitable[Any] = call.invoke()
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()  # type: ignore[arg-type]
+        op, result = self.start(method, library_id, payload, caller)
+        if not op.is_async:
+            return result
+        return asyncio.run_coroutine_threadsafe(result, self.loop).result()
 
 
 def _decode(op: Operation, payload: Any) -> Any:

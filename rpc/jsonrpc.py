@@ -119,13 +119,12 @@ class JsonRpc:
                 rid, errors.InvalidRequest('"jsonrpc" must be "2.0"'))
         params = req.params
         try:
-            call = self.dispatcher.prepare(
+            op, result = self.dispatcher.start(
                 req.method, params.library_id if params else None,
                 params.payload if params else None, caller)
-            result = call.invoke()
         except Exception as e:  # noqa: BLE001 - every error becomes a JSON-RPC error object
             return None if notify else encode_error(rid, error_from_exception(e, req.method))
-        if inspect.isawaitable(result):
+        if op.is_async:
             return self._finish(result, rid, notify, req.method)
         if notify:
             return None

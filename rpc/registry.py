@@ -41,6 +41,8 @@ class Operation:
     needs_library: bool
     callers: frozenset[str]
     summary: str
+    # An extension may call it only if its manifest names it exactly (no prefix grant).
+    explicit_grant: bool = False
     is_async: bool = field(init=False)
     decoder: msgspec.json.Decoder[Any] = field(init=False, repr=False)
 
@@ -54,7 +56,7 @@ class OperationRegistry:
         self._ops: dict[str, Operation] = {}
 
     def register(self, name: str, input_type: type[Any] = Empty, *, library: bool = False,
-                 callers: frozenset[str] = ALL_CALLERS,
+                 callers: frozenset[str] = ALL_CALLERS, explicit_grant: bool = False,
                  ) -> Callable[[Callable[[OpContext, Any], Any]], Callable[[OpContext, Any], Any]]:
         """Decorator: register ``handler(ctx, input)`` as operation ``name``."""
         if not _NAME.match(name):
@@ -64,7 +66,8 @@ class OperationRegistry:
             if name in self._ops:
                 raise ValueError(f"operation {name} registered twice")
             self._ops[name] = Operation(name, input_type, handler, library, callers,
-                                        (inspect.getdoc(handler) or "").split("\n")[0])
+                                        (inspect.getdoc(handler) or "").split("\n")[0],
+                                        explicit_grant)
             return handler
         return deco
 

@@ -137,6 +137,11 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
+        if not self._buf and data.find(b"\n") == len(data) - 1:
+            # The common case: exactly one whole request line; no buffering needed.
+            if not data.isspace():
+                self._handle(data)
+            return
         buf = self._buf
         buf += data
         start = 0

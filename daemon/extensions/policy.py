@@ -1,5 +1,8 @@
 """What an extension may call: method prefixes, libraries and a request rate.
 
+Operations registered with ``explicit_grant=True`` (reading file bytes, adding
+locations) need their exact name in ``permissions.methods``; a prefix is not enough.
+
 Checked by the dispatcher for every ``spacedrive_call`` (``Dispatcher.prepare``),
 the same place every socket request is checked.
 """
@@ -34,6 +37,11 @@ class ExtensionPolicy:
         if not self.prefixes or not op.name.startswith(self.prefixes):
             raise errors.PermissionDenied(
                 f"extension {self.extension_id} has no permission to call {op.name}",
+                {"method": op.name, "granted": list(self.prefixes)})
+        if op.explicit_grant and op.name not in self.prefixes:
+            raise errors.PermissionDenied(
+                f"extension {self.extension_id} has no permission to call {op.name}: it needs "
+                f"an explicit grant (its exact name in permissions.methods), not a prefix",
                 {"method": op.name, "granted": list(self.prefixes)})
         if library_id is not None and self.libraries is not None and library_id not in self.libraries:
             raise errors.PermissionDenied(

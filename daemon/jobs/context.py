@@ -90,6 +90,11 @@ class JobContext:
 
     # --- state handed to the job --------------------------------------------
     @property
+    def db(self) -> Database:
+        """The library's database (from the job's thread: ``ctx.db.run_sync(fn)``)."""
+        return self._db
+
+    @property
     def state(self) -> Any:
         """The last checkpointed state (decoded JSON), or None on a first run."""
         return None if self.checkpoint_bytes is None else msgspec.json.decode(self.checkpoint_bytes)

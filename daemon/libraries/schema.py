@@ -45,4 +45,58 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX job_transitions_by_job ON job_transitions (job_id, at)
     """,
+    # 2: locations and their index (entries), tags, and per-extension storage.
+    """
+    CREATE TABLE locations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        path TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        indexed_at REAL,
+        index_job_id TEXT
+    );
+    CREATE TABLE entries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        location_id INTEGER NOT NULL REFERENCES locations (id) ON DELETE CASCADE,
+        path TEXT NOT NULL,
+        parent TEXT NOT NULL,
+        name TEXT NOT NULL,
+        extension TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('file', 'dir', 'symlink', 'other')),
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        dev INTEGER NOT NULL,
+        inode INTEGER NOT NULL,
+        cas_id TEXT,
+        missing INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (location_id, path)
+    );
+    CREATE INDEX entries_by_parent ON entries (location_id, parent);
+    CREATE INDEX entries_by_kind ON entries (location_id, kind);
+    CREATE INDEX entries_by_size ON entries (location_id, size);
+    CREATE INDEX entries_by_inode ON entries (location_id, inode);
+    CREATE INDEX entries_by_extension ON entries (extension);
+    CREATE INDEX entries_by_cas_id ON entries (cas_id) WHERE cas_id IS NOT NULL;
+    CREATE INDEX entries_missing ON entries (location_id) WHERE missing = 1;
+    CREATE TABLE tags (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        color TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE entry_tags (
+        tag_id INTEGER NOT NULL REFERENCES tags (id) ON DELETE CASCADE,
+        entry_id INTEGER NOT NULL REFERENCES entries (id) ON DELETE CASCADE,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (tag_id, entry_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX entry_tags_by_entry ON entry_tags (entry_id);
+    CREATE TABLE extension_storage (
+        extension_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (extension_id, key)
+    ) WITHOUT ROWID
+    """,
 ]

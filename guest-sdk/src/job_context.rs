@@ -70,6 +70,12 @@ impl JobContext {
         &self.extension_id
     }
 
+    /// The job's library as a [`crate::Library`] handle (files, tags,
+    /// storage); `None` only if the host sent no library.
+    pub fn library(&self) -> Option<crate::Library> {
+        self.library_id.map(crate::Library::new)
+    }
+
     /// `true` when the job is being resumed from a checkpoint.
     pub fn resumed(&self) -> bool {
         self.resumed

@@ -38,7 +38,9 @@
 //! ```
 
 pub mod ffi;
+pub mod files;
 pub mod job_context;
+pub mod library;
 pub mod types;
 mod macros;
 
@@ -47,6 +49,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use job_context::JobContext;
+pub use library::Library;
 pub use types::{CallError, CheckpointError, Interrupt, JobResult, LogLevel, Uuid, UuidParseError};
 
 /// Re-exported so extensions can use the exact versions the SDK uses.
@@ -64,7 +67,8 @@ pub const PING_METHOD: &str = "query:test.ping.v1";
 pub mod prelude {
     pub use crate::log;
     pub use crate::types::{CallError, CheckpointError, Interrupt, JobResult, LogLevel, Uuid};
-    pub use crate::JobContext;
+    pub use crate::files::{Entry, EntryKind, EntryOrder, EntryPage, EntryQuery, TagRef};
+    pub use crate::{JobContext, Library};
     pub use serde_json::{json, Value};
 }
 

@@ -1,0 +1,139 @@
+"""Row 1: ``spacedrive_call`` of ping from inside a guest, against Extism and a bare host function.
+
+All three are guest loops timed from Python around one guest call:
+(i) ours: an ABI v1 extension installed through the real PluginManager, its
+    loop calling ``spacedrive_call`` (real host functions, policy, dispatcher);
+(ii) the peer: an Extism python-sdk host function taking and returning JSON
+    (``Annotated[dict, extism.Json]``), called from an equivalent Extism guest loop;
+(iii) the limit: a ``fastpath.define_unchecked`` host function that only reads
+    the payload from guest memory.
+Rounds are interleaved and the median of each is reported (shared, noisy machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import inspect
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+
+from bench import wat
+from bench.common import median
+from bench.inproc import BENCH_RATE_PER_MINUTE, bench_core
+from bench.report import Row, unavailable
+from daemon.extensions.fastpath import HostCall, RawFunc, define_unchecked
+
+EXT_ID = "bench-ping-loop"
+WHAT = "ping via spacedrive_call from a guest"
+TARGET = ">= 1.25x Extism"
+
+
+def _timed(fn: Callable[[int], int], n: int) -> float:
+    """Calls per second of ``fn(n)``; the guest's count of bad replies must be 0."""
+    t0 = time.perf_counter()
+    bad = fn(n)
+    dt = time.perf_counter() - t0
+    if bad:
+        raise RuntimeError(f"{bad} of {n} guest calls got a bad reply")
+    return n / dt
+
+
+def bare_loops(engine: wasmtime.Engine) -> tuple[Callable[[int], int], Callable[[int], int]]:
+    """The limit: (read through a cached memory base, read through ``HostCall.read``)."""
+    module = wasmtime.Module(engine, wat.compile_wat(wat.bare_read_loop()))
+    i32 = wasmtime.ValType.i32()
+    ty = wasmtime.FuncType([i32, i32], [i32])
+
+    # One instance per store, as the daemon's: let fastpath cache the memory export
+    # if this wasmtime fastpath can (newer daemon versions).
+    opts = ({"single_instance": True}
+            if "single_instance" in inspect.signature(define_unchecked).parameters else {})
+
+    def instantiate(fn: Callable[[HostCall, tuple[Any, ...]], int],
+                    on_memory: Callable[[wasmtime.Store, wasmtime.Memory], None]
+                    ) -> Callable[[int], int]:
+        store = wasmtime.Store(engine)
+        store.set_epoch_deadline(1 << 40)
+        inst = wasmtime.Instance(store, module, [define_unchecked(store, ty, fn, **opts)])
+        mem = inst.exports(store)["memory"]
+        assert isinstance(mem, wasmtime.Memory)
+        on_memory(store, mem)
+        func = inst.exports(store)["run"]
+        assert isinstance(func, wasmtime.Func)
+        raw = RawFunc(store, func)
+        return lambda n: int(raw(n) or 0)
+
+    base = [0, 0]
+
+    def remember(store: wasmtime.Store, mem: wasmtime.Memory) -> None:
+        base[0] = ctypes.addressof(mem.data_ptr(store).contents)
+        base[1] = mem.data_len(store)
+
+    def read_cached(hc: HostCall, a: tuple[Any, ...]) -> int:
+        ptr, n = a
+        if ptr < 0 or n < 0 or ptr + n > base[1]:
+            return 1
+        ctypes.string_at(base[0] + ptr, n)
+        return 0
+
+    def read_hostcall(hc: HostCall, a: tuple[Any, ...]) -> int:
+        hc.read(a[0], a[1])
+        return 0
+
+    return (instantiate(read_cached, remember),
+            instantiate(read_hostcall, lambda s, m: None))
+
+
+async def run(tmp: Path, *, rounds: int, calls: int) -> Row:
+    try:
+        from bench import extism_peer
+        peer = extism_peer.loop()
+    except ImportError as e:
+        return unavailable("guest_call", WHAT, "calls/s", TARGET,
+                           f"extism is not installed ({e}); install the bench extra")
+    core = await bench_core(tmp / "guest-data")
+    try:
+        pm = core.plugin_manager
+        assert pm is not None
+        src = wat.make_extension(tmp / "guest-src", EXT_ID,
+                                 wat.compile_wat(wat.spacedrive_call_loop()),
+                                 rate_per_minute=BENCH_RATE_PER_MINUTE)
+        await pm.install(src)
+        plugin = pm._plugins[EXT_ID]
+
+        def ours_blocking(n: int) -> int:
+            with plugin.main_lock:
+                assert plugin.main is not None
+                return plugin.main.call("bench_loop", n)
+
+        bare, bare_hostcall = bare_loops(pm.runtime.engine)
+        ours_r, peer_r, bare_r, bare_hc_r = [], [], [], []
+        for f in (ours_blocking, peer, bare, bare_hostcall):  # warm-up
+            _timed(f, 2000)
+        for _ in range(rounds):
+            # Guest calls run off the event loop, as in the daemon.
+            ours_r.append(await asyncio.to_thread(_timed, ours_blocking, calls))
+            peer_r.append(_timed(peer, calls))
+            bare_r.append(_timed(bare, calls * 4))
+            bare_hc_r.append(_timed(bare_hostcall, calls * 4))
+    finally:
+        await core.shutdown()
+    ours_v, peer_v, bare_v = median(ours_r), median(peer_r), median(bare_r)
+    ratio = median([o / p for o, p in zip(ours_r, peer_r)])
+    pct_limit = 100.0 * ours_v / bare_v
+    return Row(
+        "guest_call", WHAT, "calls/s", ours_v, "Extism JSON host fn", peer_v, ratio, TARGET,
+        ratio >= 1.25,
+        note=(f"limit (bare unchecked host fn reading guest memory): {bare_v:,.0f} calls/s, "
+              f"ours = {pct_limit:.1f}% of it; the same bare fn reading through "
+              f"HostCall.read: {median(bare_hc_r):,.0f} calls/s; medians of {rounds} "
+              f"interleaved rounds of {calls:,} calls"),
+        extra={"peer_calls_per_s": peer_v, "limit_calls_per_s": bare_v,
+               "pct_of_limit": pct_limit, "limit_hostcall_read_calls_per_s": median(bare_hc_r),
+               "rounds": {"ours": ours_r, "peer": peer_r, "limit": bare_r,
+                          "limit_hostcall_read": bare_hc_r}})

@@ -1,0 +1,150 @@
+"""Row 7: entries indexed per second on a 100,000-file tree, against a bare ``os.scandir`` walk.
+
+The tree generator and the baseline are here; the indexer is
+``action:locations.add.input.v1`` (issue 6). Until that operation exists the row
+reports the baseline alone and says the indexer is not built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import median
+from bench.inproc import bench_core
+from bench.report import Row
+
+OP = "action:locations.add.input.v1"
+OPERATIONS_RESCAN = "action:locations.rescan.input.v1"
+WHAT = "entries indexed on a 100,000-file tree"
+FILES, PER_DIR, DIRS_PER_TOP = 100_000, 100, 10
+INDEX_TIMEOUT_S = 180.0
+
+
+def make_tree(root: Path, files: int = FILES) -> int:
+    """``files`` files of 0-511 bytes, 100 to a directory, 10 leaf directories under each
+    top one, with a few extensions. Returns the number of entries (files + directories).
+
+    Files are sparse (``ftruncate``): indexing reads metadata, not content, and
+    writing the bytes makes the tree several times slower to build.
+    """
+    exts = (".txt", ".jpg", ".md", ".rs", ".json", "")
+    dirs = 0
+    leaf: Path | None = None
+    for i in range(files):
+        if i % PER_DIR == 0:
+            d = i // PER_DIR
+            top = root / f"top{d // DIRS_PER_TOP:03d}"
+            if d % DIRS_PER_TOP == 0:
+                top.mkdir(parents=True)
+                dirs += 1
+            leaf = top / f"dir{d % DIRS_PER_TOP:02d}"
+            leaf.mkdir()
+            dirs += 1
+        assert leaf is not None
+        fd = os.open(leaf / f"file{i:06d}{exts[i % len(exts)]}", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd, (i * 37) % 512)
+        finally:
+            os.close(fd)
+    return files + dirs
+
+
+def scandir_walk(root: Path, stat: bool = False) -> int:
+    """Entries under ``root`` by a bare recursive ``os.scandir`` (optionally stat()ing each)."""
+    count = 0
+    stack = [str(root)]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                count += 1
+                if stat:
+                    entry.stat(follow_symlinks=False)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return count
+
+
+def indexer_available() -> bool:
+    from rpc.registry import OPERATIONS
+    return OPERATIONS.get(OP) is not None
+
+
+async def _index(tmp: Path, root: Path) -> dict[str, Any]:
+    """Add ``root`` as a location and time it until its index job completed, then time an
+    incremental rescan of the unchanged tree. Returns seconds and the jobs' outputs."""
+    import msgspec
+
+    core = await bench_core(tmp / "index-data")
+    try:
+        lib = await core.libraries.create_library("bench-index")
+        ex = core.dispatcher.execute_json_operation
+        t0 = time.perf_counter()
+        added = msgspec.to_builtins(await ex(OP, lib.id, {"path": str(root)}))
+        first = await asyncio.wait_for(
+            (await lib.jobs.get_handle(added["job_id"])).wait(), INDEX_TIMEOUT_S)
+        index_s = time.perf_counter() - t0
+        out: dict[str, Any] = {"index_seconds": index_s, "index_output": first}
+        if OPERATIONS_RESCAN in _ops():
+            t0 = time.perf_counter()
+            again = msgspec.to_builtins(await ex(OPERATIONS_RESCAN, lib.id,
+                                                {"id": added["location"]["id"]}))
+            out["rescan_output"] = await asyncio.wait_for(
+                (await lib.jobs.get_handle(again["job_id"])).wait(), INDEX_TIMEOUT_S)
+            out["rescan_seconds"] = time.perf_counter() - t0
+        return out
+    finally:
+        await core.shutdown()
+
+
+def _ops() -> set[str]:
+    from rpc.registry import OPERATIONS
+    return {op.name for op in OPERATIONS}
+
+
+async def run(tmp: Path, *, rounds: int, files: int = FILES) -> Row:
+    root = tmp / "tree"
+    t0 = time.perf_counter()
+    entries = await asyncio.to_thread(make_tree, root, files)
+    made_s = time.perf_counter() - t0
+    bare, with_stat = [], []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        n = scandir_walk(root)
+        bare.append(n / (time.perf_counter() - t))
+        t = time.perf_counter()
+        scandir_walk(root, stat=True)
+        with_stat.append(n / (time.perf_counter() - t))
+        assert n == entries, (n, entries)
+    base = median(bare)
+    note = (f"{entries:,} entries ({files:,} files), made in {made_s:.1f} s; scandir+stat walk: "
+            f"{median(with_stat):,.0f} entries/s")
+    extra: dict[str, Any] = {"entries": entries, "files": files,
+                             "scandir_stat_entries_per_s": median(with_stat),
+                             "rounds": {"scandir": bare, "scandir_stat": with_stat}}
+    if not indexer_available():
+        return Row("indexing", WHAT, "entries/s", None, "os.scandir walk", base, None,
+                   "report (target after first figure)", None,
+                   note=f"not available yet (indexer not built: no {OP}); " + note, extra=extra)
+    try:
+        result = await _index(tmp, root)
+    except Exception as e:  # noqa: BLE001 - report the indexer's failure in the table
+        return Row("indexing", WHAT, "entries/s", None, "os.scandir walk", base, None,
+                   "report (target after first figure)", None,
+                   note=f"indexer failed: {type(e).__name__}: {e}; " + note, extra=extra)
+    seconds = result["index_seconds"]
+    seen = (result["index_output"] or {}).get("seen", entries)
+    value = seen / seconds
+    extra.update(result, entries_seen=seen)
+    rescan = ""
+    if "rescan_seconds" in result:
+        extra["rescan_entries_per_s"] = seen / result["rescan_seconds"]
+        rescan = (f"; incremental rescan of the unchanged tree: "
+                  f"{extra['rescan_entries_per_s']:,.0f} entries/s")
+    return Row("indexing", WHAT, "entries/s", value, "os.scandir walk", base, value / base,
+               "report (target after first figure)", None,
+               note=(f"{OP} until its job completed, {seen:,} entries in {seconds:.1f} s"
+                     f"{rescan}; " + note), extra=extra)

@@ -1,0 +1,111 @@
+"""Filesystem helpers: classifying directory entries and opening files inside a location.
+
+Files are opened component by component from the location root with
+``O_NOFOLLOW``, so no symlink (not even one swapped in after indexing) can lead
+a read outside the location.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from daemon import errors
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def kind_of(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "other"
+
+
+def extension_of(name: str) -> str:
+    """Lower-case suffix without the dot; '' for none and for dot-files like ``.bashrc``."""
+    dot = name.rfind(".")
+    return name[dot + 1:].lower() if dot > 0 else ""
+
+
+def join(parent: str, name: str) -> str:
+    """Relative paths use '/' and no leading slash; '' is the location root."""
+    return f"{parent}/{name}" if parent else name
+
+
+def parent_of(path: str) -> str:
+    slash = path.rfind("/")
+    return path[:slash] if slash >= 0 else ""
+
+
+def _components(rel: str) -> list[str]:
+    parts = rel.split("/")
+    if not rel or any(p in ("", ".", "..") for p in parts):
+        raise errors.InvalidParams(f"bad relative path {rel!r}")
+    return parts
+
+
+def open_dir_nofollow(root: str, rel: str) -> int:
+    """An fd on directory ``root/rel``, refusing a symlink at any level below ``root``."""
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for part in _components(rel) if rel else []:
+            try:
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except NotADirectoryError:
+                # O_NOFOLLOW | O_DIRECTORY on a symlink says ENOTDIR; report it as the link it is.
+                if stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), part) from None
+                raise
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_file(root: str, rel: str) -> int:
+    """An fd on the regular file ``root/rel`` for reading. Raises SdErrors, never OSError."""
+    parts = _components(rel)
+    try:
+        dfd = open_dir_nofollow(root, "/".join(parts[:-1]))
+        try:
+            fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        raise _os_error(e, rel) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise errors.InvalidState(f"{rel} is not a regular file (it is a {kind_of(st.st_mode)})")
+    return fd
+
+
+def _os_error(e: OSError, rel: str) -> errors.SdError:
+    if e.errno in (errno.ENOENT, errno.ENOTDIR):
+        return errors.NotFound(f"{rel} no longer exists on disk; rescan the location",
+                               {"path": rel})
+    if e.errno == errno.ELOOP:
+        return errors.InvalidState(f"{rel} is (or passes through) a symbolic link; not followed",
+                                   {"path": rel})
+    return errors.InvalidState(f"cannot open {rel}: {e.strerror}", {"path": rel})
+
+
+def read_range(fd: int, offset: int, length: int) -> bytes:
+    """Up to ``length`` bytes at ``offset`` (fewer only at end of file)."""
+    chunks = []
+    while length > 0:
+        chunk = os.pread(fd, length, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+        length -= len(chunk)
+    return b"".join(chunks)

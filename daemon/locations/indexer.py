@@ -1,0 +1,432 @@
+"""The indexer job (``locations.index``): walks a location and keeps its entries in step.
+
+Walk: depth-first over directories, never following a symlink (a link is an
+entry of kind ``symlink``; one that loops is reported as a warning). Each
+directory's listing is diffed against its stored children:
+
+* unchanged children are not written at all;
+* changed ones are updated in place (their cas_id is cleared);
+* new ones are inserted, unless a stored entry with the same device, inode,
+  kind, size and mtime is gone from its old path: then that entry is *moved*
+  (its id, cas_id and tags survive; a directory's subtree moves with it). A
+  rename keeps all of these; a directory moved *and* changed is not recognised
+  (its files still are, one by one);
+* vanished ones are marked ``missing`` and deleted, with their subtrees, once the
+  walk ends (so a move seen in either order is still recognised).
+
+An unreadable directory is a warning and keeps its stored children.
+
+Writes go in batches of ``batch_size`` entries, one transaction each on the
+database thread while the walk lists the next batch; each committed batch is
+followed by a checkpoint holding the directories still to walk as of that
+batch (not files: the state is as big as the walk's frontier). Re-doing a batch after ``kill -9`` is harmless:
+the diff of an already-applied listing writes nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, NamedTuple, TypeVar
+
+import msgspec
+
+from daemon import errors
+from daemon.jobs.context import Interrupt, Interrupted, JobContext
+from daemon.libraries.db import transaction
+from daemon.locations import content, store
+from daemon.locations.fs import extension_of, join
+
+FLUSH_EVERY_S = 1.0
+_GONE_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+T = TypeVar("T")
+
+
+class IndexInput(msgspec.Struct, forbid_unknown_fields=True):
+    location_id: int
+    # Also compute cas_ids (the locations.identify pass) once the walk is done.
+    identify: bool = False
+    batch_size: int = 5000
+    # Sleep after each committed batch: keeps a background rescan gentle on a busy disk
+    # (tests use it to stop the daemon mid-walk deterministically).
+    throttle_ms: int = 0
+
+    def validate(self) -> None:
+        if not 1 <= self.batch_size <= 100_000:
+            raise errors.InvalidParams("batch_size must be between 1 and 100000")
+        if not 0 <= self.throttle_ms <= 10_000:
+            raise errors.InvalidParams("throttle_ms must be between 0 and 10000")
+
+
+class Child(NamedTuple):
+    name: str
+    kind: str
+    size: int
+    mtime_ns: int
+    dev: int
+    inode: int
+
+
+class Gone(enum.Enum):
+    """The listing of a directory that vanished during the walk."""
+
+    GONE = "gone"
+
+
+# A directory's listing; None = unreadable (keep what is stored), GONE = no longer there.
+Listing = list[Child] | None | Gone
+GONE = Gone.GONE
+
+
+class Counts(msgspec.Struct):
+    seen: int = 0
+    dirs: int = 0
+    inserted: int = 0
+    updated: int = 0
+    moved: int = 0
+    removed: int = 0
+
+
+def index_job(ctx: JobContext, inp: IndexInput) -> dict[str, Any]:
+    """``locations.index``: walk, sweep what is gone, then (``identify``) hash new files."""
+    db = ctx.db
+    root = db.run_sync(lambda c: store.location_root(c, inp.location_id))
+    others = [j for j in db.run_sync(lambda c: store.active_jobs(
+        c, inp.location_id, (ctx.name,), status=("running",))) if j != ctx.job_id]
+    if others:
+        raise errors.InvalidState(f"indexer job {others[0]} is already running for location "
+                                  f"{inp.location_id}")
+    db.run_sync(lambda c: store.set_index_job(c, inp.location_id, ctx.job_id))
+    state: dict[str, Any] = dict(ctx.state or {})
+    if not state:
+        existing = db.run_sync(lambda c: store.get_location(c, inp.location_id).entries)
+        state = {"phase": "walk", "stack": [""], "moves": existing > 0, "expect": existing,
+                 "counts": msgspec.to_builtins(Counts())}
+    counts = msgspec.convert(state["counts"], Counts)
+    t0 = time.monotonic()
+    if state["phase"] == "walk":
+        Walker(ctx, inp, root, state, counts).run()
+        state["phase"] = "sweep"
+    if state["phase"] == "sweep":
+        counts.removed += _guard(ctx, lambda: db.run_sync(
+            lambda c: finish_scan(c, inp.location_id)))
+        state.update(phase="identify" if inp.identify else "done", stack=[],
+                     counts=msgspec.to_builtins(counts))
+        ctx.report_progress(1.0 if not inp.identify else 0.5, f"indexed {counts.seen} entries")
+        ctx.checkpoint(state)
+    out: dict[str, Any] = {"location_id": inp.location_id, **msgspec.to_builtins(counts),
+                           "warnings": len(ctx.warnings),
+                           "seconds": round(time.monotonic() - t0, 3)}
+    if state["phase"] == "identify":
+        extra = {k: v for k, v in state.items() if k != "identify"}
+        out["identify"] = _guard(ctx, lambda: content.identify(
+            ctx, inp.location_id, dict(state.get("identify") or {}), extra, progress_from=0.5))
+    return out
+
+
+def _guard(ctx: JobContext, fn: Callable[[], T]) -> T:
+    """Run ``fn``; a location removed under a cancelled job ends it as cancelled."""
+    try:
+        return fn()
+    except errors.NotFound:
+        if ctx.check_interrupt() is not Interrupt.CONTINUE:
+            raise Interrupted() from None
+        raise
+
+
+class Walker:
+    """The walk of one indexer run: lists directories, hands batches to the database."""
+
+    def __init__(self, ctx: JobContext, inp: IndexInput, root: str, state: dict[str, Any],
+                 counts: Counts) -> None:
+        self.ctx, self.inp, self.root, self.state, self.counts = ctx, inp, root, state, counts
+        self.stack: list[str] = list(state["stack"])
+        # Inode matching costs a lookup per new entry: skip it on a location's first walk.
+        self.moves = bool(state["moves"]) or ctx.resumed
+        self.progress = 0.0
+        self.inflight: tuple[Future[Applied], list[str], list[tuple[str, Listing]]] | None = None
+
+    def run(self) -> None:
+        batch: list[tuple[str, Listing]] = []
+        pending = 0
+        last = time.monotonic()
+        while self.stack:
+            rel = self.stack.pop()
+            listing = self.list_dir(rel)
+            batch.append((rel, listing))
+            pending += 1 + (len(listing) if isinstance(listing, list) else 0)
+            if pending >= self.inp.batch_size or time.monotonic() - last >= FLUSH_EVERY_S:
+                self.flush(batch)
+                batch, pending, last = [], 0, time.monotonic()
+        if batch:
+            self.flush(batch)
+        self.settle()
+
+    def flush(self, batch: list[tuple[str, Listing]]) -> None:
+        """Hand a batch to the database thread; the walk goes on while it is written."""
+        self.settle()
+        db = self.ctx.db
+        loc, root, moves = self.inp.location_id, self.root, self.moves
+        fut = db.submit(lambda conn: apply_batch(conn, loc, root, batch, moves))
+        self.inflight = (fut, list(self.stack), batch)
+
+    def settle(self) -> None:
+        """Wait for the batch in flight, then checkpoint the walk as of that batch."""
+        if self.inflight is None:
+            return
+        fut, stack, batch = self.inflight
+        self.inflight = None
+        res = _guard(self.ctx, fut.result)
+        c = self.counts
+        seen = sum(len(listing) for _, listing in batch if isinstance(listing, list))
+        c.seen += seen
+        c.dirs += len(batch)
+        c.inserted += res.inserted
+        c.updated += res.updated
+        c.moved += res.moved
+        self.ctx.increment_items(seen)
+        self.state.update(stack=stack, counts=msgspec.to_builtins(c))
+        expect = self.state.get("expect") or 0
+        estimate = (min(c.seen / expect, 0.99) if expect
+                    else c.dirs / (c.dirs + len(stack)) * 0.99)
+        self.progress = max(self.progress, estimate * (0.5 if self.inp.identify else 1.0))
+        self.ctx.report_progress(self.progress,
+                                 f"indexed {c.seen} entries, {len(stack)} directories to go")
+        self.ctx.checkpoint(self.state)
+        if self.ctx.check_interrupt() is not Interrupt.CONTINUE:
+            raise Interrupted()
+        if self.inp.throttle_ms:
+            time.sleep(self.inp.throttle_ms / 1000)
+
+    def list_dir(self, rel: str) -> Listing:
+        path = join(self.root, rel) if rel else self.root
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            if not rel:
+                raise errors.InvalidState(
+                    f"location root {self.root} cannot be opened ({e.strerror}); is it "
+                    f"unmounted? The index is left as it was") from None
+            if e.errno in _GONE_ERRNOS:
+                return GONE
+            self.ctx.add_warning(f"cannot read directory {rel}: {e.strerror}")
+            return None
+        children: list[Child] = []
+        failed = 0
+        try:
+            with os.scandir(fd) as it:
+                for de in it:
+                    name = de.name
+                    if not name.isascii() and not _utf8(name):
+                        self.ctx.add_warning(f"skipped a name that is not UTF-8 in {rel or '.'}: "
+                                             f"{name.encode('utf-8', 'backslashreplace')!r}")
+                        continue
+                    try:
+                        st = de.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    except OSError:
+                        failed += 1
+                        continue
+                    mode = st.st_mode
+                    if stat.S_ISREG(mode):
+                        kind, size = "file", st.st_size
+                    elif stat.S_ISDIR(mode):
+                        kind, size = "dir", 0
+                        self.stack.append(join(rel, name))
+                    elif stat.S_ISLNK(mode):
+                        kind, size = "symlink", st.st_size
+                        self.check_link(rel, name)
+                    else:
+                        kind, size = "other", st.st_size
+                    children.append(Child(name, kind, size, st.st_mtime_ns, st.st_dev, st.st_ino))
+        except OSError as e:
+            self.ctx.add_warning(f"cannot read directory {rel or '.'}: {e.strerror}")
+            return None
+        finally:
+            os.close(fd)
+        if failed:
+            # Names we could list but not stat: keep the directory's stored children.
+            self.ctx.add_warning(f"cannot read directory {rel or '.'}: {failed} entries "
+                                 f"could not be examined")
+            return None
+        return children
+
+    def check_link(self, rel: str, name: str) -> None:
+        """Warn about a link that would loop if followed (it never is)."""
+        link = join(self.root, join(rel, name))
+        try:
+            os.stat(link)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                self.ctx.add_warning(f"symlink loop at {join(rel, name)} (a cycle of links; "
+                                     f"not followed)")
+            return
+        target = os.path.realpath(link)
+        here = join(self.root, rel) if rel else self.root
+        if here == target or here.startswith(target.rstrip("/") + "/"):
+            self.ctx.add_warning(f"symlink loop at {join(rel, name)} -> {os.readlink(link)} "
+                                 f"(points at its own ancestor; not followed)")
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# --- database side ----------------------------------------------------------------------------
+class Applied(NamedTuple):
+    inserted: int
+    updated: int
+    moved: int
+
+
+_INSERT = ("INSERT INTO entries (location_id, path, parent, name, extension, kind, size, "
+           "mtime_ns, dev, inode) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def apply_batch(conn: sqlite3.Connection, location_id: int, root: str,
+                batch: list[tuple[str, Listing]], detect_moves: bool) -> Applied:
+    """Apply directory listings in one transaction, directory by directory (in walk order)."""
+    store.require_location(conn, location_id)
+    inserted = updated = moved = 0
+    with transaction(conn):
+        for parent, listing in batch:
+            if listing is None:
+                continue
+            if listing is GONE:
+                if parent:
+                    conn.execute("UPDATE entries SET missing = 1 WHERE location_id = ? AND path = ?",
+                                 (location_id, parent))
+                continue
+            existing = {r[0]: r[1:] for r in conn.execute(
+                "SELECT name, id, kind, size, mtime_ns, dev, inode, missing FROM entries "
+                "WHERE location_id = ? AND parent = ?", (location_id, parent))}
+            new: list[Child] = []
+            changed, found = [], []
+            for ch in listing:
+                row = existing.pop(ch.name, None)
+                if row is None:
+                    new.append(ch)
+                elif row[1:6] != (ch.kind, ch.size, ch.mtime_ns, ch.dev, ch.inode):
+                    changed.append((ch.kind, extension_of(ch.name) if ch.kind == "file" else "",
+                                    ch.size, ch.mtime_ns, ch.dev, ch.inode, row[0]))
+                    if row[1] == "dir" and ch.kind != "dir":
+                        _delete_subtree(conn, location_id, join(parent, ch.name))
+                elif row[6]:
+                    found.append((row[0],))
+            gone = [(r[0],) for r in existing.values() if not r[6]]
+            if changed:
+                conn.executemany(
+                    "UPDATE entries SET kind = ?, extension = ?, size = ?, mtime_ns = ?, dev = ?, "
+                    "inode = ?, cas_id = NULL, missing = 0 WHERE id = ?", changed)
+            if found:
+                conn.executemany("UPDATE entries SET missing = 0 WHERE id = ?", found)
+            if gone:
+                conn.executemany("UPDATE entries SET missing = 1 WHERE id = ?", gone)
+            if new and detect_moves:
+                new, n = _moves(conn, location_id, root, parent, new)
+                moved += n
+            if new:
+                conn.executemany(_INSERT, [
+                    (location_id, join(parent, ch.name), parent, ch.name,
+                     extension_of(ch.name) if ch.kind == "file" else "", ch.kind, ch.size,
+                     ch.mtime_ns, ch.dev, ch.inode) for ch in new])
+            inserted += len(new)
+            updated += len(changed)
+    return Applied(inserted, updated, moved)
+
+
+def _moves(conn: sqlite3.Connection, location_id: int, root: str, parent: str,
+           new: list[Child]) -> tuple[list[Child], int]:
+    """Move stored entries whose inode reappears at a new path; returns the truly new ones."""
+    candidates: dict[tuple[int, int], list[tuple[Any, ...]]] = {}
+    inodes = sorted({ch.inode for ch in new})
+    for i in range(0, len(inodes), 500):
+        chunk = inodes[i:i + 500]
+        for r in conn.execute(
+                "SELECT id, path, kind, size, mtime_ns, dev, inode, missing FROM entries "
+                f"WHERE location_id = ? AND inode IN ({', '.join('?' * len(chunk))})",
+                (location_id, *chunk)):
+            candidates.setdefault((r[5], r[6]), []).append(r)
+    rest, moved = [], 0
+    for ch in new:
+        row = next((r for r in candidates.get((ch.dev, ch.inode), ())
+                    if _same_object(r, ch) and _gone_from(root, r)), None)
+        if row is None:
+            rest.append(ch)
+            continue
+        candidates[(ch.dev, ch.inode)].remove(row)
+        _move(conn, location_id, row, parent, ch)
+        moved += 1
+    return rest, moved
+
+
+def _same_object(r: tuple[Any, ...], ch: Child) -> bool:
+    # A rename keeps kind, size and mtime (a directory's too); requiring them guards
+    # against a deleted entry's inode being reused by a new one.
+    return (r[2], r[3], r[4]) == (ch.kind, ch.size, ch.mtime_ns)
+
+
+def _gone_from(root: str, r: tuple[Any, ...]) -> bool:
+    if r[7]:
+        return True
+    try:
+        st = os.lstat(join(root, r[1]))
+    except OSError:
+        return True
+    return (st.st_dev, st.st_ino) != (r[5], r[6])  # replaced: the old object left that path
+
+
+def _move(conn: sqlite3.Connection, location_id: int, row: tuple[Any, ...], parent: str,
+          ch: Child) -> None:
+    old, new = row[1], join(parent, ch.name)
+    conn.execute(
+        "UPDATE entries SET path = ?, parent = ?, name = ?, extension = ?, size = ?, mtime_ns = ?, "
+        "missing = 0 WHERE id = ?",
+        (new, parent, ch.name, extension_of(ch.name) if ch.kind == "file" else "", ch.size,
+         ch.mtime_ns, row[0]))
+    if ch.kind == "dir":
+        # The subtree follows (see _delete_subtree for the range).
+        n = len(old) + 1
+        conn.execute(
+            "UPDATE OR IGNORE entries SET path = ? || substr(path, ?), parent = ? || substr(parent, ?) "
+            "WHERE location_id = ? AND path >= ? AND path < ?",
+            (new, n, new, n, location_id, old + "/", old + "0"))
+
+
+def _delete_subtree(conn: sqlite3.Connection, location_id: int, path: str) -> int:
+    """Delete the descendants of ``path`` ('/' + 1 == '0': [path/, path0) is exactly them)."""
+    return conn.execute("DELETE FROM entries WHERE location_id = ? AND path >= ? AND path < ?",
+                        (location_id, path + "/", path + "0")).rowcount
+
+
+def finish_scan(conn: sqlite3.Connection, location_id: int) -> int:
+    """Delete what the walk found gone (with subtrees) and any orphan; returns rows deleted."""
+    store.require_location(conn, location_id)
+    removed = 0
+    with transaction(conn):
+        for (path,) in conn.execute("SELECT path FROM entries WHERE location_id = ? AND missing = 1 "
+                                    "AND kind = 'dir'", (location_id,)).fetchall():
+            removed += _delete_subtree(conn, location_id, path)
+        removed += conn.execute("DELETE FROM entries WHERE location_id = ? AND missing = 1",
+                                (location_id,)).rowcount
+        while True:  # entries whose directory is not stored (only after an interrupted move)
+            n = conn.execute(
+                "DELETE FROM entries WHERE location_id = ? AND parent != '' AND NOT EXISTS "
+                "(SELECT 1 FROM entries p WHERE p.location_id = entries.location_id "
+                "AND p.path = entries.parent)", (location_id,)).rowcount
+            removed += n
+            if not n:
+                break
+        conn.execute("UPDATE locations SET indexed_at = ? WHERE id = ?", (time.time(), location_id))
+    return removed

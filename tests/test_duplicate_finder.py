@@ -1,0 +1,278 @@
+"""End to end through the CLI: locations, the indexer, the duplicate-finder extension, tags.
+
+Every test runs a real daemon (``UnprivilegedDaemon``: file permissions bind it
+even though the tests run as root) on a tree the test makes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BUILT_EXTENSIONS, Daemon
+from fstree import (
+    DUPLICATES,
+    REPORT,
+    UnprivilegedDaemon,
+    expected_index,
+    index_of,
+    make_tree,
+    unlock,
+    write,
+)
+from wasm_guests import make_extension, module
+
+FINDER = BUILT_EXTENSIONS / "duplicate-finder"
+
+
+@pytest.fixture
+def d(tmpdir_short: Path) -> Iterator[Daemon]:
+    assert FINDER.is_dir(), "run `make extensions` first (make test does)"
+    daemon = UnprivilegedDaemon(tmpdir_short / "data", tmpdir_short / "sd.sock").start()
+    yield daemon
+    if daemon.proc is not None and daemon.proc.poll() is None:
+        daemon.stop()
+    unlock(tmpdir_short)
+
+
+def wait_for(pred: Any, timeout: float = 30.0, every: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(every)
+
+
+def job(d: Daemon, lib: str, job_id: str) -> dict[str, Any]:
+    r = d.rpc("query:jobs.info.v1", {"id": job_id, "transitions": True}, lib)
+    assert "result" in r, r
+    return r["result"]  # type: ignore[no-any-return]
+
+
+def entries(d: Daemon, *args: str) -> dict[str, tuple[str, int]]:
+    return index_of(d.sd_json("entries", "ls", "--limit", "0", *args))
+
+
+def tagged(d: Daemon, tag: str = "duplicate") -> set[str]:
+    return {e["path"] for e in d.sd_json("tag", "ls", tag)}
+
+
+def run_finder(d: Daemon, state: dict[str, Any], ext: str = "duplicate-finder",
+               ) -> Any:
+    return d.sd("--json", "job", "run", ext, "find", "--state", json.dumps(state), "--wait",
+                timeout=120)
+
+
+def final(r: Any) -> dict[str, Any]:
+    return json.loads(r.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_index_find_duplicates_change_rescan_and_find_again(d: Daemon, tmpdir_short: Path) -> None:
+    tree = make_tree(tmpdir_short / "tree")
+    lib = d.sd_json("library", "create", "Home")["id"]
+    d.sd("ext", "install", str(FINDER), check=True)
+
+    # Add the location and wait for the index.
+    r = d.sd("--json", "location", "add", str(tree), "--wait", timeout=60)
+    assert r.returncode == 0, r.stderr
+    info = final(r)
+    assert info["status"] == "completed", info
+    warnings = "\n".join(info["warnings"])
+    assert "cannot read directory locked: Permission denied" in warnings
+    assert "symlink loop at loop" in warnings and "symlink loop at docs/self" in warnings
+    assert entries(d) == expected_index(tree, unreadable={"locked"})
+    loc = d.sd_json("location", "list")[0]
+    assert loc["path"] == str(tree) and loc["index_status"] == "completed"
+
+    # The duplicate finder hashes through entries.read (nothing is hashed yet) and tags.
+    r = run_finder(d, {"location_id": loc["id"]})
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = final(r)["output"]
+    assert tagged(d) == DUPLICATES
+    assert out["stats"]["groups"] == 2 and out["stats"]["duplicates"] == 5
+    assert out["stats"]["hashed"] == 10  # every file sharing its size, none empty, none twice
+    assert out["stats"]["wasted_bytes"] == len(REPORT) + 2 * 300_000
+    human = d.sd("tag", "ls", "duplicate", check=True).stdout
+    assert all(p in human for p in DUPLICATES)
+    summary = d.sd_json("ext", "storage", "duplicate-finder")
+    assert [s["key"] for s in summary] == [f"summary:{loc['id']}"]
+    assert summary[0]["value"]["duplicates"] == 5 and summary[0]["value"]["tag"] == "duplicate"
+
+    # Change, delete, move (a file and a directory) and add; then rescan.
+    ids = {e["path"]: e["id"] for e in d.sd_json("entries", "ls", "--limit", "0")}
+    (tree / "notes" / "a.md").write_bytes(b"alphabet soup")
+    (tree / "music" / "other.mp3").unlink()
+    (tree / "archive").mkdir()
+    os.rename(tree / "docs" / "copy of report.txt", tree / "archive" / "report-old.txt")
+    os.rename(tree / "photos" / "backup", tree / "old-photos")
+    write(tree / "new.txt", b"new")
+    r = d.sd("--json", "location", "rescan", str(loc["id"]), "--wait", timeout=60)
+    assert r.returncode == 0, r.stderr
+    counts = final(r)["output"]
+    assert entries(d) == expected_index(tree, unreadable={"locked"})
+    assert counts["moved"] == 2 and counts["removed"] == 1 and counts["inserted"] == 2
+    after = {e["path"]: e for e in d.sd_json("entries", "ls", "--limit", "0")}
+    # Moves keep the entry (id, tags); the directory's files moved with it.
+    assert after["archive/report-old.txt"]["id"] == ids["docs/copy of report.txt"]
+    assert after["old-photos"]["id"] == ids["photos/backup"]
+    assert after["old-photos/img1.jpg"]["id"] == ids["photos/backup/img1.jpg"]
+    assert "duplicate" in d.sd_json("entries", "get", str(ids["docs/copy of report.txt"]))["tags"]
+    assert after["notes/a.md"]["id"] == ids["notes/a.md"] and after["notes/a.md"]["size"] == 13
+
+    # Host hashes everything; new copies arrive later and the guest hashes those:
+    # the two must agree (small and sampled large files) for the groups to form.
+    r = d.sd("--json", "location", "identify", str(loc["id"]), "--wait", timeout=60)
+    assert r.returncode == 0 and final(r)["output"]["hashed"] >= 10, r.stdout + r.stderr
+    shutil.copy(tree / "docs" / "report.txt", tree / "docs" / "third.txt")
+    shutil.copy(tree / "photos" / "2023" / "img1.jpg", tree / "img1-copy.jpg")
+    d.sd("location", "rescan", str(loc["id"]), "--wait", check=True, timeout=60)
+    r = run_finder(d, {"location_id": loc["id"], "page_size": 3})
+    assert r.returncode == 0, r.stdout + r.stderr
+    stats = final(r)["output"]["stats"]
+    assert stats["hashed"] == 2 and stats["untagged"] == 5
+    assert tagged(d) == {"docs/report.txt", "archive/report-old.txt", "docs/third.txt",
+                         "photos/2023/img1.jpg", "old-photos/img1.jpg",
+                         "old-photos/img1 (2).jpg", "img1-copy.jpg"}
+
+    # Without the exact read grant (a prefix is not one), the finder gets a permission error.
+    noread = tmpdir_short / "noread"
+    noread.mkdir()
+    shutil.copy(FINDER / "duplicate_finder.wasm", noread)
+    manifest = json.loads((FINDER / "manifest.json").read_text())
+    manifest["id"] = "duplicate-finder-noread"
+    methods = manifest["permissions"]["methods"]
+    methods.remove("query:entries.read.v1")
+    methods.append("query:entries.")
+    (noread / "manifest.json").write_text(json.dumps(manifest))
+    d.sd("ext", "install", str(noread), check=True)
+    write(tree / "fresh" / "x.bin", b"x" * 1000)  # unhashed same-size pair: must be read
+    write(tree / "fresh" / "y.bin", b"x" * 1000)
+    d.sd("location", "rescan", str(loc["id"]), "--wait", check=True, timeout=60)
+    r = run_finder(d, {"location_id": loc["id"], "tag": "noread"}, "duplicate-finder-noread")
+    assert r.returncode == 4, r.stdout + r.stderr
+    failed = final(r)
+    assert any("permission" in w and "query:entries.read.v1" in w and "explicit grant" in w
+               for w in failed["warnings"]), failed["warnings"]
+    assert d.sd_json("tag", "ls", "noread") == []
+    assert d.sd_json("ext", "storage", "duplicate-finder-noread") == []
+    assert d.sd_json("location", "list")[0]["id"] == loc["id"] and lib
+
+
+def test_extension_storage_is_private(d: Daemon, tmpdir_short: Path) -> None:
+    tree = make_tree(tmpdir_short / "tree", locked=False)
+    lib = d.sd_json("library", "create", "L")["id"]
+    d.sd("ext", "install", str(FINDER), check=True)
+    d.sd("location", "add", str(tree), "--wait", check=True)
+    r = run_finder(d, {"location_id": 1})
+    assert r.returncode == 0, r.stderr
+    before = d.sd_json("ext", "storage", "duplicate-finder")
+    assert before[0]["key"] == "summary:1"
+
+    # Another extension, granted the whole extension_storage domain, tries to read that key,
+    # writes the same key, and lists its keys: it only ever sees its own namespace.
+    lib_bytes = uuid.UUID(lib).bytes
+    calls = [("query:extension_storage.get.v1", '{"key":"summary:1"}'),
+             ("action:extension_storage.set.input.v1", '{"key":"summary:1","value":{"mine":true}}'),
+             ("query:extension_storage.list.v1", "{}")]
+    body, segs, off = [], [_bytes_data(64, lib_bytes)], 128
+    for method, payload in calls:
+        segs.append(_bytes_data(off, method.encode()))
+        segs.append(_bytes_data(off + 64, payload.encode()))
+        body.append(f"""
+        (local.set $r (call $call (i32.const {off}) (i32.const {len(method)}) (i32.const 64)
+                                  (i32.const {off + 64}) (i32.const {len(payload)})))
+        (call $log (i32.const 1) (i32.add (local.get $r) (i32.const 4)) (i32.load (local.get $r)))""")
+        off += 256
+    wat = module("\n".join(segs) + """
+      (func (export "plugin_init") (result i32)
+        (local $r i32)""" + "".join(body) + """
+        (i32.const 0))
+    """, ("call", "log"))
+    src = make_extension(tmpdir_short / "src", "peeker", wat, {
+        "methods": ["query:extension_storage.", "action:extension_storage."], "libraries": "*"})
+    d.sd("ext", "install", str(src), check=True)
+    replies = [json.loads(line.split("[peeker] ", 1)[1]) for line in d.log().splitlines()
+               if "[peeker] {" in line]
+    assert replies[0] == {"ok": {"key": "summary:1", "found": False, "value": None,
+                                 "updated_at": None}}
+    assert "ok" in replies[1]
+    assert [k["key"] for k in replies[2]["ok"]["keys"]] == ["summary:1"]
+    assert d.sd_json("ext", "storage", "duplicate-finder") == before
+    assert [s["value"] for s in d.sd_json("ext", "storage", "peeker")] == [{"mine": True}]
+    # The CLI's own namespace is separate too.
+    assert d.sd_json("call", "query:extension_storage.list.v1", "{}", "-l", lib)["keys"] == []
+    # And the inspect operation is for clients only, whatever a manifest grants.
+    r = d.rpc("query:extension_storage.inspect.v1", {"extension_id": "peeker"}, lib)
+    assert "result" in r
+
+
+def _bytes_data(offset: int, raw: bytes) -> str:
+    esc = "".join(f"\\{b:02x}" for b in raw)
+    return f'(data (i32.const {offset}) "{esc}")'
+
+
+def test_kill9_during_indexing_resumes_and_matches_tree(d: Daemon, tmpdir_short: Path) -> None:
+    tree = make_tree(tmpdir_short / "tree")
+    lib = d.sd_json("library", "create", "L")["id"]
+    d.sd("location", "add", str(tree), "--wait", check=True)
+    ids = {e["path"]: e["id"] for e in d.sd_json("entries", "ls", "--limit", "0")}
+    # Lots of change: new directories of files, a move, a deletion.
+    for i in range(30):
+        for j in range(8):
+            write(tree / "bulk" / f"d{i:02d}" / f"f{j}.txt", f"{i}-{j}".encode())
+    os.rename(tree / "music", tree / "audio")
+    (tree / "notes" / "b.md").unlink()
+    job_id = d.sd_json("job", "dispatch", "locations.index", "--input", json.dumps(
+        {"location_id": 1, "batch_size": 10, "throttle_ms": 150}))["job_id"]
+    wait_for(lambda: job(d, lib, job_id)["checkpoints"] >= 3)
+    d.kill9()
+    d.start()
+    r = d.sd("--json", "job", "watch", job_id, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    info = job(d, lib, job_id)
+    assert info["status"] == "completed"
+    notes = [t.get("note") or "" for t in info["transitions"]]
+    assert any("requeued after the daemon stopped" in n for n in notes), info["transitions"]
+    assert entries(d) == expected_index(tree, unreadable={"locked"})
+    after = {e["path"]: e["id"] for e in d.sd_json("entries", "ls", "--limit", "0")}
+    assert after["audio/song.mp3"] == ids["music/song.mp3"]  # the move survived the kill
+    assert info["output"]["moved"] == 1 and info["output"]["removed"] == 1
+
+
+def test_kill9_during_the_extension_job(d: Daemon, tmpdir_short: Path) -> None:
+    tree = tmpdir_short / "tree"
+    expected = set()
+    for i in range(24):  # 24 groups of two, each of its own size, plus unique files
+        data = bytes([i]) * (100 + i)
+        write(tree / f"g{i:02d}" / "a.bin", data)
+        write(tree / f"g{i:02d}" / "b.bin", data)
+        write(tree / f"g{i:02d}" / "c.bin", bytes([i + 1]) * (100 + i))  # same size, other bytes
+        expected |= {f"g{i:02d}/a.bin", f"g{i:02d}/b.bin"}
+    lib = d.sd_json("library", "create", "L")["id"]
+    d.sd("ext", "install", str(FINDER), check=True)
+    d.sd("location", "add", str(tree), "--wait", check=True)
+    state = {"location_id": 1, "page_size": 3, "spin": 20_000_000}
+    job_id = d.sd_json("job", "run", "duplicate-finder", "find", "--state",
+                       json.dumps(state))["job_id"]
+    wait_for(lambda: job(d, lib, job_id)["checkpoints"] >= 4)
+    d.kill9()
+    d.start()
+    r = d.sd("--json", "job", "watch", job_id, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    info = job(d, lib, job_id)
+    notes = [t.get("note") or "" for t in info["transitions"]]
+    assert any("requeued after the daemon stopped" in n for n in notes), info["transitions"]
+    assert tagged(d) == expected
+    stats = info["output"]["stats"]
+    assert stats["groups"] == 24 and stats["duplicates"] == 48 and stats["files"] == 72
+    summary = d.sd_json("ext", "storage", "duplicate-finder")[0]["value"]
+    assert summary["groups"] == 24 and summary["duplicates"] == 48
