@@ -1,5 +1,5 @@
 //! The host's content id (cas_id), computed through `query:entries.read.v1`.
-//! The scheme is in guest-sdk/ABI.md §6 and daemon/locations/content.py.
+//! The scheme is in guest-sdk/ABI.md §7 and daemon/locations/content.py.
 
 use spacedrive_sdk::prelude::*;
 
