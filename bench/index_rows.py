@@ -69,6 +69,7 @@ def scandir_walk(root: Path, stat: bool = False) -> int:
 
 
 def indexer_available() -> bool:
+    import rpc.operations  # noqa: F401 - registers every operation
     from rpc.registry import OPERATIONS
     return OPERATIONS.get(OP) is not None
 
