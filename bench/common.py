@@ -81,7 +81,7 @@ class Server:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> Server:  # noqa: PYI034 - Server is final
+    def __enter__(self) -> Server:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=ROOT)

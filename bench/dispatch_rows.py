@@ -77,6 +77,6 @@ async def run(tmp: Path, *, rounds: int, calls: int) -> Row:
         await core.shutdown()
     value, base = median(ours_us), median(base_us)
     return Row("dispatch_cost", WHAT, "µs/call", value, "jsonrpcserver async_dispatch", base,
-               median([b / o for o, b in zip(ours_us, base_us)]), TARGET, value <= 20.0,
+               median([b / o for o, b in zip(ours_us, base_us, strict=False)]), TARGET, value <= 20.0,
                note="ratio = how many times cheaper than jsonrpcserver",
                extra={"rounds": {"ours_us": ours_us, "baseline_us": base_us}})

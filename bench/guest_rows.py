@@ -124,7 +124,7 @@ async def run(tmp: Path, *, rounds: int, calls: int) -> Row:
     finally:
         await core.shutdown()
     ours_v, peer_v, bare_v = median(ours_r), median(peer_r), median(bare_r)
-    ratio = median([o / p for o, p in zip(ours_r, peer_r)])
+    ratio = median([o / p for o, p in zip(ours_r, peer_r, strict=False)])
     pct_limit = 100.0 * ours_v / bare_v
     return Row(
         "guest_call", WHAT, "calls/s", ours_v, "Extism JSON host fn", peer_v, ratio, TARGET,

@@ -72,7 +72,7 @@ async def run(tmp: Path, *, rounds: int, jobs: int) -> Row:
     finally:
         await core.shutdown()
     value, base = median(wasm), median(native)
-    ratio = median([w / n for w, n in zip(wasm, native)])
+    ratio = median([w / n for w, n in zip(wasm, native, strict=False)])
     return Row("wasm_jobs", "trivial WASM jobs run and persisted", "jobs/s", value,
                "native jobs", base, ratio, TARGET, value >= 500 and ratio >= 0.5,
                note=f"batches of {jobs} jobs dispatched concurrently, medians of {rounds} rounds; "

@@ -86,10 +86,10 @@ def render(rows: list[Row], header: str) -> str:
         ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
         lines.append([r.what, fmt_num(r.value, r.unit), base, ratio, r.target, _verdict(r)])
     widths = [max(len(c), *(len(ln[i]) for ln in lines)) for i, c in enumerate(cols)]
-    out = [header, "", " | ".join(c.ljust(w) for c, w in zip(cols, widths)),
+    out = [header, "", " | ".join(c.ljust(w) for c, w in zip(cols, widths, strict=False)),
            "-+-".join("-" * w for w in widths)]
     for ln in lines:
-        out.append(" | ".join(v.ljust(w) for v, w in zip(ln, widths)))
+        out.append(" | ".join(v.ljust(w) for v, w in zip(ln, widths, strict=False)))
     notes = [f"  [{r.key}] {r.note}" for r in rows if r.note]
     if notes:
         out += ["", "notes:", *notes]

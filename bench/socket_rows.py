@@ -49,14 +49,14 @@ def _interleaved(servers: list[Server], clients: int, slice_s: float,
         raise RuntimeError(f"{result['bad']} bad answers")
     rates: list[list[float]] = result["calls_per_s"]
     cpu_us = [(cpu_seconds(s.pid) - c) / max(1, n) * 1e6
-              for s, c, n in zip(servers, cpu0, result["answered"])]
+              for s, c, n in zip(servers, cpu0, result["answered"], strict=False)]
     return rates, cpu_us
 
 
 def _socket_row(key: str, what: str, clients: int, rates: list[list[float]],
                 cpu_us: list[float], slice_s: float) -> Row:
     base, ours = rates
-    ratio = median([o / b for o, b in zip(ours, base)])
+    ratio = median([o / b for o, b in zip(ours, base, strict=False)])
     return Row(key, what, "calls/s", median(ours), "echo server", median(base), ratio,
                ">= 70% of echo", ratio >= 0.70,
                note=(f"ratio = median of {len(ours)} paired {slice_s:g} s slices, echo and "

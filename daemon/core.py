@@ -11,8 +11,8 @@ import fcntl
 import logging
 import os
 import time
-from pathlib import Path
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from daemon import __version__, errors
@@ -127,7 +127,7 @@ class Core:
 
 
 def _lock_data_dir(data_dir: Path) -> IO[bytes]:
-    f = open(data_dir / "sd.lock", "a+b")  # noqa: SIM115 - held for the Core's life
+    f = open(data_dir / "sd.lock", "a+b")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -10,8 +10,19 @@ import msgspec
 
 from daemon.errors import SdError
 from rpc.cli import (
-    EXIT_JOB_CANCELLED, EXIT_JOB_FAILED, EXIT_JOB_PAUSED, EXIT_OK, Ctx, _kv, _table, _ts, cli,
-    fail, library_option, pass_ctx, resolve_library,
+    EXIT_JOB_CANCELLED,
+    EXIT_JOB_FAILED,
+    EXIT_JOB_PAUSED,
+    EXIT_OK,
+    Ctx,
+    _kv,
+    _table,
+    _ts,
+    cli,
+    fail,
+    library_option,
+    pass_ctx,
+    resolve_library,
 )
 from rpc.client import Client
 

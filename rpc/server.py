@@ -16,7 +16,7 @@ import stat
 import struct
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from daemon import errors
 from daemon.events import Subscription
@@ -116,7 +116,9 @@ class Connection(asyncio.Protocol):
 
     # --- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
         sock = transport.get_extra_info("socket")
         try:
             pid, uid, gid = _PEERCRED.unpack(
@@ -188,7 +190,7 @@ class Connection(asyncio.Protocol):
         assert self.caller is not None
         try:
             answer = self.server.rpc.handle(line, self.caller)
-        except Exception as e:  # noqa: BLE001 - last line of defence; keep serving
+        except Exception as e:
             log.exception("unexpected error handling a request")
             answer = encode_error(None, errors.InternalError(f"internal error: {e}"))
         if answer is None:

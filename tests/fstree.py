@@ -44,10 +44,10 @@ class UnprivilegedDaemon(Daemon):
         cmd = [sys.executable, str(ROOT / "tests" / "jobs_daemon.py"), "--data-dir",
                str(self.data_dir), "--socket", str(self.socket), "--log-level", "debug",
                *self.extra_args]
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed by stop()/kill9()
+        self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(self.env or {})},
-                                     preexec_fn=_drop_dac_caps)  # noqa: PLW1509 - only a prctl
+                                     preexec_fn=_drop_dac_caps)
         if wait:
             self.wait_ready()
         return self

@@ -5,9 +5,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from jobtypes import TEST_JOB_TYPES  # noqa: E402
+from jobtypes import TEST_JOB_TYPES
 
-from daemon.main import make_command  # noqa: E402
+from daemon.main import make_command
 
 if __name__ == "__main__":
     make_command(TEST_JOB_TYPES)()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
-import stat
 import socket
+import stat
 
 from conftest import Daemon
 
@@ -90,7 +90,7 @@ def test_kill9_then_restart(daemon: Daemon) -> None:
 
 def test_log_lines_have_level_and_logger(daemon: Daemon) -> None:
     daemon.sd("status")
-    line = next(l for l in daemon.log().splitlines() if "ready" in l)
+    line = next(ln for ln in daemon.log().splitlines() if "ready" in ln)
     assert " INFO sd.daemon: " in line
 
 

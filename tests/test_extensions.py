@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
 from conftest import BUILT_EXTENSIONS
+from wasm_guests import data, make_extension, module
+
 from daemon.config import DaemonConfig
 from daemon.core import Core
 from daemon.errors import ExtensionError, JobCancelled, JobFailed
-from wasm_guests import data, make_extension, module
 
 TEST_EXT = BUILT_EXTENSIONS / "test-extension"
 
@@ -238,8 +238,8 @@ async def test_spacedrive_call_answers_like_the_socket(core: Core, tmp_path: Pat
     await core.plugin_manager.install(make_extension(tmp_path / "src", "echo-guest", wat))
     reply = next(r.getMessage() for r in caplog.records if r.name == "sd.ext.echo-guest")
     guest = json.loads(reply.split("] ", 1)[1])
-    from rpc.server import RpcServer
     from rpc.client import Client
+    from rpc.server import RpcServer
     sock = tmp_path / "s.sock"
     server = RpcServer(core.dispatcher, sock, max_line=1 << 20)
     await server.start()

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import BUILT_EXTENSIONS, Daemon
 from test_jobs_daemon import job_info, wait_for
 from wasm_guests import make_extension, module

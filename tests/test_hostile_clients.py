@@ -13,10 +13,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from conftest import Daemon, short_tmpdir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import Daemon, short_tmpdir
 
 PING = b'{"jsonrpc":"2.0","id":"probe","method":"query:test.ping.v1"}\n'
 

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import BUILT_EXTENSIONS, Daemon, short_tmpdir
+from wasm_guests import hostile, make_extension, module, wat_bytes
+
 from daemon.errors import SdError
 from rpc.client import SyncClient
-from wasm_guests import hostile, make_extension, module, wat_bytes
 
 TIME_SLICE_MS = 300
 MEMORY_MB = 4

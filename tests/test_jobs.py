@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from jobtypes import TEST_JOB_TYPES
 
 from daemon.config import DaemonConfig
 from daemon.core import Core
 from daemon.errors import InvalidParams, InvalidState, JobCancelled, JobFailed, NotFound
-from jobtypes import TEST_JOB_TYPES
 
 
 async def open_core(path: Path, **config: object) -> Core:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from conftest import Daemon
+
 from rpc.client import Client
 
 
@@ -34,7 +35,7 @@ def test_kill9_mid_job_resumes_from_checkpoint(daemon: Daemon, tmpdir_short: Pat
                          json.dumps({"count": 40, "delay": 0.05, "record": str(record)}))["job_id"]
     wait_for(lambda: job_info(daemon, lib, job)["checkpoints"] >= 8)
     daemon.kill9()
-    first_pid_steps = [int(l.split()[1]) for l in record.read_text().splitlines()]
+    first_pid_steps = [int(ln.split()[1]) for ln in record.read_text().splitlines()]
     daemon.start()
     r = daemon.sd("--json", "job", "watch", job, "--library", lib, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -42,7 +43,7 @@ def test_kill9_mid_job_resumes_from_checkpoint(daemon: Daemon, tmpdir_short: Pat
     assert final["status"] == "completed"
     resumed_at = final["output"]["started_at"]
     assert resumed_at >= 8
-    lines = [l.split() for l in record.read_text().splitlines()]
+    lines = [ln.split() for ln in record.read_text().splitlines()]
     pids = sorted({p for p, _ in lines}, key=lambda p: [q for q, _ in lines].index(p))
     assert len(pids) == 2
     first = [int(s) for p, s in lines if p == pids[0]]

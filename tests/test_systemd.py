@@ -156,7 +156,7 @@ def test_socket_activated_daemon_notifies_ready_status_watchdog_stopping(tmp: Pa
         notes.collect(1.2)
         pings = notes.times_of("WATCHDOG")
         gaps = [b - a for a, b in itertools.pairwise(pings)]
-        recent = [g for g, t in zip(gaps, pings[1:]) if t > pings[-1] - 1.2]
+        recent = [g for g, t in zip(gaps, pings[1:], strict=False) if t > pings[-1] - 1.2]
         assert len(recent) >= 4, pings
         assert all(0.15 < g < 0.35 for g in recent), recent
 

@@ -23,7 +23,13 @@ import msgspec
 
 from daemon import errors
 from daemon.events import (
-    EventBus, JobCancelled, JobCompleted, JobFailed, JobPaused, JobQueued, JobResumed,
+    EventBus,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobPaused,
+    JobQueued,
+    JobResumed,
     JobStarted,
 )
 from daemon.jobs import store

@@ -179,7 +179,7 @@ def recover(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
             "SELECT id, status, resumable, pause_reason FROM jobs "
             "WHERE status = 'running' OR (status = 'paused' AND pause_reason = 'shutdown') "
             "ORDER BY queued_at, seq").fetchall()
-        for job_id, status, resumable, reason in rows:
+        for job_id, status, resumable, _reason in rows:
             if status == "paused" or resumable:
                 note = ("resumed after a clean shutdown" if status == "paused"
                         else "requeued after the daemon stopped while it was running")

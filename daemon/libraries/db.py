@@ -92,7 +92,7 @@ class Database:
             self._executor.shutdown(wait=False)
 
 
-def transaction(conn: sqlite3.Connection) -> "_Tx":
+def transaction(conn: sqlite3.Connection) -> _Tx:
     """``with transaction(conn):`` runs the block in BEGIN IMMEDIATE ... COMMIT."""
     return _Tx(conn)
 
