@@ -126,14 +126,16 @@ def test_failing_init(host: Host, name: str, expected: str) -> None:
     ("missing_export", "module does not export 'wasm_alloc'"),
 ])
 def test_refused_modules(host: Host, name: str, expected: str) -> None:
+    companion = host.companion()
     msg = host.install_fails(name.replace("_", "-"), hostile(name))
     assert expected in msg
     with pytest.raises(SdError, match="no extension"):
         ext_state(host, name.replace("_", "-"))  # nothing was installed
-    host.healthy(None)
+    host.healthy(companion)
 
 
 def test_manifest_refusals(host: Host) -> None:
+    companion = host.companion()
     wat = module('(func (export "plugin_init") (result i32) (i32.const 0))')
     src = make_extension(host.tmp / "src", "linkout", wat)
     (src / "linkout.wasm").unlink()
@@ -146,6 +148,7 @@ def test_manifest_refusals(host: Host) -> None:
         d = make_extension(host.tmp / "src", "m" + str(abs(hash(str(bad))) % 1000), wat, **bad)
         with pytest.raises(SdError):
             host.client.call("action:extensions.install.input.v1", {"path": str(d)})
+    host.healthy(companion)
 
 
 # --- jobs --------------------------------------------------------------------------------------------
@@ -161,19 +164,23 @@ def test_job_infinite_loop_hits_time_limit(host: Host) -> None:
 
 
 def test_job_that_checks_in_may_run_long(host: Host) -> None:
+    companion = host.companion()
     host.install("checker", hostile("job_loop_checking", ITERATIONS=3_000_000))
     t = time.monotonic()
     info = host.wait(host.run("checker"))
     assert info["status"] == "completed", info
     assert (time.monotonic() - t) * 1000 > TIME_SLICE_MS  # it really ran past one slice
+    host.healthy(companion)
 
 
 def test_memory_grow_until_refused(host: Host) -> None:
+    companion = host.companion()
     host.install("grower", hostile("memory_grow"))
     info = host.wait(host.run("grower"))
     assert info["status"] == "completed", info
     assert info["output"]["pages"] * 65536 <= MEMORY_MB * 1024 * 1024
     assert info["output"]["pages"] >= 2
+    host.healthy(companion)
 
 
 def test_wasm_alloc_of_2gib_is_refused(host: Host) -> None:
@@ -190,18 +197,20 @@ def test_wasm_alloc_of_2gib_is_refused(host: Host) -> None:
     (-64, "out of bounds"),
 ])
 def test_bad_wasm_alloc_pointers(host: Host, pointer: int, expected: str) -> None:
+    companion = host.companion()
     ext = f"alloc-{pointer & 0xffffffff:x}"
     wat = hostile("alloc_bad_pointer", POINTER=pointer)
     msg = host.install_fails(ext, wat)
     assert expected.replace("alloc-0", ext) in msg
-    host.healthy(None)
+    host.healthy(companion)
 
 
 def test_overlapping_alloc_pointer_only_hurts_the_guest(host: Host) -> None:
+    companion = host.companion()
     # The reply lands on the guest's own method string; the host stays consistent.
     host.install("overlap", hostile("alloc_bad_pointer", POINTER=16))
     assert ext_state(host, "overlap")["state"] == "loaded"
-    host.healthy(None)
+    host.healthy(companion)
 
 
 def test_call_flood_is_rate_limited(host: Host) -> None:
@@ -218,20 +227,23 @@ def test_call_flood_is_rate_limited(host: Host) -> None:
 
 
 def test_log_flood_is_suppressed(host: Host) -> None:
+    companion = host.companion()
     host.install("logger", hostile("log_flood", LINES=20_000))
     log = host.daemon.log()
     lines = log.count("[logger] flood line")
     assert 0 < lines < 5_000
     assert re.search(r"\[logger\] \d+ log lines suppressed", log) or lines <= 200
-    host.healthy(None)
+    host.healthy(companion)
 
 
 def test_huge_checkpoint_is_refused(host: Host) -> None:
+    companion = host.companion()
     host.install("bigstate", hostile("big_checkpoint"), max_memory_mb=4)
     info = host.wait(host.run("bigstate"))
     assert info["status"] == "failed" and "failed with code 12" in info["error"]
     assert any("checkpoint of 104857600 bytes refused" in w for w in info["warnings"])
     assert info["checkpoints"] == 0
+    host.healthy(companion)
 
 
 def test_forged_job_id(host: Host) -> None:
@@ -244,6 +256,7 @@ def test_forged_job_id(host: Host) -> None:
 
 
 def test_forbidden_calls(host: Host) -> None:
+    companion = host.companion()
     before_other = host.client.call("query:jobs.list.v1", {}, host.other)
     before_libs = host.client.call("query:libraries.list.v1")
     wat = hostile("forbidden_calls", LIB_BYTES=wat_bytes(uuid.UUID(host.other).bytes))
@@ -253,7 +266,7 @@ def test_forbidden_calls(host: Host) -> None:
     assert replies[0]["error"]["code"] == -32003 and "core.shutdown" in replies[0]["error"]["message"]
     assert replies[1]["error"]["code"] == -32003 and host.other in replies[1]["error"]["message"]
     assert replies[2]["error"]["code"] == -32602 and "not valid JSON" in replies[2]["error"]["message"]
-    host.healthy(None)  # still running: the shutdown was refused
+    host.healthy(companion)  # still running: the shutdown was refused
     assert host.client.call("query:jobs.list.v1", {}, host.other) == before_other
     assert host.client.call("query:libraries.list.v1") == before_libs
 
@@ -309,6 +322,7 @@ def bad_pointer_guest(phase: str, stmt: str) -> str:
 @pytest.mark.parametrize("kind", sorted(BAD))
 @pytest.mark.parametrize("fn", sorted(CALLS))
 def test_bad_pointer_to_every_host_function(host: Host, fn: str, kind: str) -> None:
+    companion = host.companion()
     phase, stmt = CALLS[fn]
     ext = f"bad-{fn.replace('_', '-')}-{kind}"
     wat = bad_pointer_guest(phase, stmt.replace("{P}", BAD[kind]))
@@ -318,12 +332,15 @@ def test_bad_pointer_to_every_host_function(host: Host, fn: str, kind: str) -> N
         host.install(ext, wat)
         info = host.wait(host.run(ext))
         assert info["status"] == "failed" and "out of bounds" in info["error"], info
-    host.healthy(None)
+    host.healthy(companion)
 
 
 def test_negative_and_huge_lengths(host: Host) -> None:
+    companion = host.companion()
     for length, expected in (("-1", "exceeds the limit"), ("0x7fffffff", "exceeds the limit")):
         wat = bad_pointer_guest("init", f"(call $log (i32.const 1) (i32.const 16) (i32.const {length}))")
         assert expected in host.install_fails(f"len-{abs(hash(length)) % 997}", wat)
     wat = bad_pointer_guest("init", "(drop (call $call (i32.const 16) (i32.const 18) (i32.const 0) (i32.const 40) (i32.const -1)))")
     assert "negative payload length" in host.install_fails("neg-payload", wat)
+    host.healthy(companion)
+
