@@ -26,7 +26,7 @@ from daemon.core import Core
 from daemon.extensions.manifest import Manifest, Permissions
 from daemon.extensions.policy import ExtensionPolicy
 from daemon.libraries.manager import Library
-from daemon.locations import bench, content
+from daemon.locations import content
 from rpc.dispatch import Caller
 from rpc.registry import EXTENSION
 
@@ -448,17 +448,6 @@ async def test_reading_bytes_and_adding_locations_need_exact_grants(
     none = ext_caller(core, "none", [])
     with pytest.raises(errors.PermissionDenied):
         await op(core, lib, "action:tags.create.input.v1", {"name": "x"}, none)
-
-
-# --- bench helpers -----------------------------------------------------------------------------------------
-def test_bench_helpers_on_a_small_tree(tmp_path: Path) -> None:
-    made = bench.generate_tree(tmp_path / "t", 250)
-    assert made == {"files": 250, "dirs": 3}
-    walk = bench.scandir_walk(tmp_path / "t")
-    assert walk["entries"] == 253
-    out = bench.index_tree(tmp_path / "t", tmp_path / "data")
-    assert out["index"]["entries"] == 253 and out["rescan"]["written"] == 0
-    assert out["index"]["entries_per_s"] > 0
 
 
 def test_random_trees_index_exactly(tmp_path: Path) -> None:
