@@ -7,6 +7,7 @@ import gc
 import importlib.metadata
 import importlib.util
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -589,3 +590,288 @@ def test_import_refuses_other_wasmtime_version(monkeypatch: pytest.MonkeyPatch) 
     module = importlib.util.module_from_spec(spec)
     with pytest.raises(ImportError, match=r"wasmtime==50\.0\.1.*wasmtime==49\.0\.0"):
         spec.loader.exec_module(module)
+
+
+# --- FuncType cache across engines ----------------------------------------------
+
+
+@pytest.mark.parametrize("as_signature", [False, True])
+def test_func_type_cache_is_per_engine(as_signature: bool) -> None:
+    # One FuncType per (Engine, signature), shared by that Engine's stores and
+    # never handed to another Engine (libwasmtime 50 would abort the process).
+    ty: Any = (("i32", "i32"), ("i32",)) if as_signature else wt.FuncType([I32, I32], [I32])
+    engines = [wt.Engine(), wt.Engine()]
+    for _ in range(2):
+        for k, engine in enumerate(engines):
+            store = wt.Store(engine)
+            func = fp.define_unchecked(store, ty, lambda call, args: args[0] + args[1])
+            assert RawFunc(store, func)(k, 40) == 40 + k
+    key = (("i32", "i32"), ("i32",))
+    cached = [fp._ENGINE_FUNC_TYPES[engine][key] for engine in engines]
+    assert cached[0] is not cached[1]
+    store = wt.Store(engines[0])
+    fp.define_unchecked(store, ty, lambda call, args: 0)
+    assert fp._ENGINE_FUNC_TYPES[engines[0]][key] is cached[0]
+    # The cache keeps no Engine alive, and an Engine's entry goes with it.
+    refs = [weakref.ref(engine) for engine in engines]
+    count = len(fp._ENGINE_FUNC_TYPES)
+    del engines, engine, store, cached
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]
+    assert len(fp._ENGINE_FUNC_TYPES) <= count - 2
+
+
+def test_define_unchecked_with_signature() -> None:
+    guest_store = wt.Store()
+    imports = [
+        fp.define_unchecked(guest_store, (("i64", "f32", "f64", "i32"), ("f64",)),
+                            lambda call, args: 1.75),
+        fp.define_unchecked(guest_store, (("i64",), ("i64",)), lambda call, args: args[0]),
+        fp.define_unchecked(guest_store, ((), ()), lambda call, args: None),
+    ]
+    instance = wt.Instance(guest_store, wt.Module(guest_store.engine, wasm(TYPED_WAT)), imports)
+    assert export(guest_store, instance, "call_typed")() == 1.75
+    assert export(guest_store, instance, "call_ret64")(-7) == -7
+    with pytest.raises(ValueError, match="only i32/i64/f32/f64 parameters, not v128"):
+        fp.define_unchecked(guest_store, (("v128",), ()), strlen)
+    with pytest.raises(ValueError, match="at most one result"):
+        fp.define_unchecked(guest_store, ((), ("i32", "i32")), strlen)
+    with pytest.raises(TypeError, match="FuncType or a \\(params, results\\) signature"):
+        fp.define_unchecked(guest_store, "i32", strlen)  # type: ignore[arg-type]
+
+
+# --- RawInstance / RawMemory ------------------------------------------------------
+
+
+def raw_guest(impl: HostImpl = strlen, engine: wt.Engine | None = None,
+              wat: str = MAIN_WAT) -> tuple[wt.Store, wt.Module, fp.RawInstance]:
+    engine = engine or wt.Engine()
+    store = wt.Store(engine)
+    module = wt.Module(engine, wasm(wat))
+    host = fp.define_unchecked(store, HOST_TYPE, impl, single_instance=True)
+    return store, module, fp.RawInstance(store, module, [host])
+
+
+def test_raw_instance_exports_by_name_without_type_queries(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    store, module, instance = raw_guest()
+    assert instance.func("add")(40, 2) == 42  # the first instance reads the module's types
+
+    def no_type_queries(*args: object) -> None:
+        raise AssertionError("asked libwasmtime for a type")
+
+    monkeypatch.setattr(wt.Func, "type", no_type_queries)
+    monkeypatch.setattr(wt.Module, "exports", property(no_type_queries))
+    other = fp.RawInstance(store, module, [fp.define_unchecked(store, HOST_TYPE, strlen)])
+    assert other.func("add")(1, 2) == 3
+    assert other.func("call_host")(GREETING_PTR, len(GREETING)) == len(GREETING)
+    with pytest.raises(wt.Trap) as info:
+        other.func("boom")()
+    assert info.value.trap_code == wt.TrapCode.UNREACHABLE
+    assert other.memory().read(GREETING_PTR, len(GREETING)) == GREETING
+
+
+def test_raw_instance_export_errors() -> None:
+    wat = """(module
+      (memory (export "memory") 1)
+      (global (export "g") i32 (i32.const 1))
+      (func (export "f") (result i32) (i32.const 7))
+      (func (export "two") (result i32 i32) (i32.const 1) (i32.const 2))
+      (func (export "ref") (param externref)))"""
+    store = wt.Store()
+    instance = fp.RawInstance(store, wt.Module(store.engine, wasm(wat)), [])
+    assert instance.func("f")() == 7
+    with pytest.raises(KeyError):
+        instance.func("missing")
+    with pytest.raises(KeyError):
+        instance.memory("missing")
+    with pytest.raises(TypeError, match="'memory' is not a function"):
+        instance.func("memory")
+    with pytest.raises(TypeError, match="'g' is not a function"):
+        instance.func("g")
+    with pytest.raises(TypeError, match="'f' is not a memory"):
+        instance.memory("f")
+    with pytest.raises(ValueError, match="at most one result"):
+        instance.func("two")
+    with pytest.raises(ValueError, match="only i32/i64/f32/f64 parameters"):
+        instance.func("ref")
+
+
+def test_raw_instance_types_are_cached_per_module() -> None:
+    # Same export name, different signatures: each instance uses its own module's.
+    engine = wt.Engine()
+    store = wt.Store(engine)
+    a = wt.Module(engine, wasm('(module (func (export "f") (param i32) (result i32) '
+                               '(i32.add (local.get 0) (i32.const 1))))'))
+    b = wt.Module(engine, wasm('(module (func (export "f") (param i64 i64) (result i64) '
+                               '(i64.mul (local.get 0) (local.get 1))))'))
+    for _ in range(2):
+        assert fp.RawInstance(store, a, []).func("f")(41) == 42
+        assert fp.RawInstance(store, b, []).func("f")(1 << 33, 3) == 3 << 33
+
+
+def test_raw_instance_instantiation_failures() -> None:
+    store = wt.Store()
+    module = wt.Module(store.engine, wasm(MAIN_WAT))
+    with pytest.raises(wt.WasmtimeError, match="expected 1 imports, found 0"):
+        fp.RawInstance(store, module, [])
+    wrong = fp.define_unchecked(store, (("i32",), ()), lambda call, args: None)
+    with pytest.raises(wt.WasmtimeError, match="incompatible import type"):
+        fp.RawInstance(store, module, [wrong])
+    start_traps = wt.Module(store.engine, wasm("(module (func $s unreachable) (start $s))"))
+    with pytest.raises(wt.Trap) as info:
+        fp.RawInstance(store, start_traps, [])
+    assert info.value.trap_code == wt.TrapCode.UNREACHABLE
+    with pytest.raises(TypeError, match="must be wasmtime.Func"):
+        fp.RawInstance(store, module, [object()])  # type: ignore[list-item]
+
+
+def test_start_function_is_interrupted_while_instantiating(epoch_engine: wt.Engine) -> None:
+    # Instantiation runs guest code: it must release the GIL so the (Python)
+    # epoch ticker can interrupt it.
+    store = wt.Store(epoch_engine)
+    store.set_epoch_deadline(1)
+    spins = wt.Module(epoch_engine, wasm("(module (func $s (loop $l (br $l))) (start $s))"))
+    with pytest.raises(wt.Trap) as info:
+        fp.RawInstance(store, spins, [])
+    assert info.value.trap_code == wt.TrapCode.INTERRUPT
+
+
+def test_raw_memory_bounds_checks() -> None:
+    store, _, instance = raw_guest()
+    memory = instance.memory()
+    assert memory.size() == 65536
+    memory.write(65536 - 4, bytearray(b"abcd"))
+    assert memory.read(65536 - 4, 4) == b"abcd"
+    memory.write(65536, b"")
+    assert memory.read(65536, 0) == b""
+    for ptr, length in [(65536 - 3, 4), (-1, 1), (0, 65537), (0x7FFFFFF0, 0x7FFFFFF0)]:
+        with pytest.raises(IndexError, match=f"out of bounds: ptr={ptr} len={length} memory=65536"):
+            memory.write(ptr, b"x" * length)
+        with pytest.raises(IndexError, match="out of bounds"):
+            memory.read(ptr, length)
+    with pytest.raises(IndexError, match="len=-1"):
+        memory.read(0, -1)
+
+
+def test_raw_memory_follows_growth_and_moves() -> None:
+    config = wt.Config()
+    config.memory_may_move = True
+    config.memory_reservation = 0
+    config.memory_reservation_for_growth = 0
+    config.memory_guard_size = 0
+    store, _, instance = raw_guest(engine=wt.Engine(config))
+    memory = instance.memory()
+    alloc, total = instance.func("wasm_alloc"), instance.func("sum")
+    ptr = alloc(300_000)
+    assert isinstance(ptr, int)
+    assert memory.size() == 5 * 65536
+    data = filler(300_000)
+    memory.write(ptr, data)
+    assert total(ptr, len(data)) == sum(data)
+    assert memory.read(ptr, len(data)) == data
+
+
+# --- RawFunc.detached -------------------------------------------------------------
+
+
+def test_detached_raw_func_works_only_through_host_call() -> None:
+    alloc: list[RawFunc] = []
+
+    def impl(call: HostCall, args: tuple[int | float, ...]) -> int:
+        n = args[0]
+        assert isinstance(n, int)
+        ptr = call.call(alloc[0], n)
+        assert isinstance(ptr, int)
+        call.write(ptr, filler(n))
+        return ptr
+
+    store, _, instance = raw_guest(impl)
+    alloc.append(instance.func("wasm_alloc").detached())
+    assert instance.func("fetch_and_sum")(100) == sum(filler(100))
+    with pytest.raises(RuntimeError, match="only be called through HostCall.call"):
+        alloc[0](1)
+    # It does not keep its store alive.
+    ref = weakref.ref(store)
+    del store, instance
+    gc.collect()
+    assert ref() is None
+
+
+# --- GuestInstance ----------------------------------------------------------------
+
+JOB_WAT = """(module
+  (import "spacedrive" "spacedrive_log" (func $log (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 1024))
+  (global $bad (mut i32) (i32.const 0))
+  (func (export "wasm_alloc") (param $n i32) (result i32)
+    (local $p i32)
+    (if (global.get $bad) (then (return (i32.const 65530))))
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (local.get $p) (local.get $n)))
+    (local.get $p))
+  (func (export "wasm_free") (param i32 i32))
+  (func (export "plugin_init") (result i32) (i32.const 0))
+  (func (export "plugin_cleanup") (result i32) (i32.const 0))
+  (func (export "set_bad") (result i32) (global.set $bad (i32.const 1)) (i32.const 0))
+  ;; Returns the byte sum of ctx and state.
+  (func $sum (param $p i32) (param $n i32) (result i32)
+    (local $acc i32)
+    (block $done (loop $again
+      (br_if $done (i32.eqz (local.get $n)))
+      (local.set $acc (i32.add (local.get $acc) (i32.load8_u (local.get $p))))
+      (local.set $p (i32.add (local.get $p) (i32.const 1)))
+      (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+      (br $again)))
+    (local.get $acc))
+  (func (export "job") (param i32 i32 i32 i32) (result i32)
+    (i32.add (call $sum (local.get 0) (local.get 1)) (call $sum (local.get 2) (local.get 3))))
+  (func (export "trap") (param i32 i32 i32 i32) (result i32) unreachable))
+"""
+
+
+def guest_instance(engine: wt.Engine, module: wt.Module) -> Any:
+    from daemon.config import ExtensionLimits
+    from daemon.extensions.host_functions import HostEnv, LogLimiter
+    from daemon.extensions.instance import GuestInstance
+    from daemon.jobs.context import ContextRegistry
+
+    limits = ExtensionLimits()
+    none: Any = None  # no RPC: the guest here never calls spacedrive_call
+    env = HostEnv("t", none, none, ContextRegistry(), limits, LogLimiter(), 1 << 30, phase="job")
+    return GuestInstance(engine, module, env, 16 << 20, limits)
+
+
+def test_guest_instance_runs_jobs_and_frees_its_store() -> None:
+    from daemon.errors import ExtensionError
+
+    engine = wt.Engine()
+    module = wt.Module(engine, wasm(JOB_WAT))
+    gc.collect()
+    hosts = len(fp._HOSTS)
+    refs = []
+    for _ in range(3):
+        instance = guest_instance(engine, module)
+        assert instance.run_job("job", b"ctx", b"{}") == sum(b"ctx{}")
+        assert instance._func("job") is instance._func("job")  # wrapped once
+        with pytest.raises(ExtensionError, match="unreachable"):
+            instance.call("trap", 0, 0, 0, 0)
+        refs.append(weakref.ref(instance.store))
+        del instance
+    gc.collect()
+    # Nothing keeps a Store alive: not the host functions' env (env.alloc), not the registry.
+    assert [ref() for ref in refs] == [None] * 3
+    assert len(fp._HOSTS) == hosts
+
+
+def test_guest_instance_refuses_out_of_bounds_alloc() -> None:
+    from daemon.errors import ExtensionError
+
+    engine = wt.Engine()
+    instance = guest_instance(engine, wt.Module(engine, wasm(JOB_WAT)))
+    instance.call("set_bad")
+    with pytest.raises(ExtensionError, match="wasm_alloc\\(16\\) returned out-of-bounds pointer 65530"):
+        instance.put(b"x" * 16)
+    instance.put(b"x" * 6)  # 65530 + 6 is still inside
+    assert instance.memory.read(65530, 6) == b"x" * 6

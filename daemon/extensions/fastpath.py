@@ -10,16 +10,22 @@ wasmtime-py's ``Func`` re-derives the function type and boxes every value in a
 * ``wasmtime_func_call_unchecked``: a call passing raw slots
   (:class:`RawFunc`, and :meth:`HostCall.call` for re-entrant calls).
 
-Types are read once, when a function is defined or wrapped, and compiled into a
-``struct`` layout, so a crossing costs one ctypes call and one pack/unpack.
+:class:`RawInstance` instantiates a module and hands out its exports by name
+(``wasmtime_instance_export_get``) as :class:`RawFunc` and :class:`RawMemory`.
+
+Each signature is compiled once into a ``struct`` layout (cached process-wide),
+and the types of a module's exports are read once per Module, so wrapping an
+export or defining a host function asks libwasmtime no type questions and a
+crossing costs one ctypes call and one pack/unpack.
 
 Nothing checks the raw slots against the C ABI at run time, so the module only
 imports against the wasmtime release it was written for (see
 ``PINNED_WASMTIME_VERSION``).
 
 Threads: one Store per thread.  Per-call state lives in per-call objects; the
-only shared state is the host-function registry, which is touched only by
-single dict operations (atomic under the GIL).
+shared state (host-function registry, signature layouts, per-Engine FuncTypes,
+per-Module export types) is touched only by single dict operations (atomic
+under the GIL); a lost race builds an equal value twice.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ from __future__ import annotations
 import ctypes
 import itertools
 import struct
-from collections.abc import Callable
-from ctypes import CFUNCTYPE, c_bool, c_char, c_char_p, c_size_t, c_uint64, c_void_p
+import weakref
+from collections.abc import Callable, Sequence
+from ctypes import CFUNCTYPE, PYFUNCTYPE, c_bool, c_char, c_char_p, c_size_t, c_uint64, c_void_p
 from importlib import metadata
 from typing import Final, NoReturn, cast
 
@@ -64,6 +71,8 @@ if ctypes.sizeof(ffi.wasmtime_val_raw_t) != 16:  # pragma: no cover - guards the
 
 Number = int | float
 HostFn = Callable[["HostCall", tuple[Number, ...]], Number | None]
+Signature = tuple[tuple[str, ...], tuple[str, ...]]
+"""(parameter kinds, result kinds); each kind is "i32", "i64", "f32" or "f64"."""
 
 __all__ = [
     "PINNED_WASMTIME_VERSION",
@@ -72,7 +81,11 @@ __all__ = [
     "HostCall",
     "HostFn",
     "RawFunc",
+    "RawInstance",
+    "RawMemory",
+    "Signature",
     "define_unchecked",
+    "set_epoch_deadline",
 ]
 
 
@@ -80,7 +93,13 @@ __all__ = [
 # Declared here rather than taken from wasmtime._bindings: with c_void_p
 # everywhere, pointers cross as plain ints (no pointer-object churn on the hot
 # path), and we never mutate the argtypes of functions wasmtime-py also uses.
-# CFUNCTYPE prototypes release the GIL during the foreign call, like CDLL.
+#
+# Calls that may run guest code (and so host functions, or a long loop that
+# only the epoch ticker thread can stop) are CFUNCTYPE, which releases the GIL.
+# The others are PYFUNCTYPE and keep it: they are short, never call back into
+# Python and take no lock that a thread waiting for the GIL could hold, and
+# under load every release hands the GIL to a busy thread, which costs far more
+# than the call itself.
 
 _SLOT_BYTES: Final = 16  # sizeof(wasmtime_val_raw_t)
 
@@ -88,23 +107,38 @@ _CALLBACK_T = CFUNCTYPE(c_size_t, c_void_p, c_void_p, c_void_p, c_size_t)
 """wasmtime_func_unchecked_callback_t: (env, caller, args_and_results, len) -> wasm_trap_t*"""
 _FINALIZER_T = CFUNCTYPE(None, c_void_p)
 
-_func_new_unchecked = CFUNCTYPE(
-    None, c_void_p, c_void_p, _CALLBACK_T, c_void_p, _FINALIZER_T, c_void_p
-)(("wasmtime_func_new_unchecked", ffi.dll))
+# Run guest code (a start function, an export): GIL released.
 _func_call_unchecked = CFUNCTYPE(c_void_p, c_void_p, c_void_p, c_void_p, c_size_t, c_void_p)(
     ("wasmtime_func_call_unchecked", ffi.dll)
 )
-_caller_context = CFUNCTYPE(c_void_p, c_void_p)(("wasmtime_caller_context", ffi.dll))
-_caller_export_get = CFUNCTYPE(c_bool, c_void_p, c_char_p, c_size_t, c_void_p)(
+_instance_new = CFUNCTYPE(c_void_p, c_void_p, c_void_p, c_void_p, c_size_t, c_void_p, c_void_p)(
+    ("wasmtime_instance_new", ffi.dll)
+)
+# Short and store-local: GIL kept.
+_func_new_unchecked = PYFUNCTYPE(
+    None, c_void_p, c_void_p, _CALLBACK_T, c_void_p, _FINALIZER_T, c_void_p
+)(("wasmtime_func_new_unchecked", ffi.dll))
+_instance_export_get = PYFUNCTYPE(c_bool, c_void_p, c_void_p, c_char_p, c_size_t, c_void_p)(
+    ("wasmtime_instance_export_get", ffi.dll)
+)
+_caller_context = PYFUNCTYPE(c_void_p, c_void_p)(("wasmtime_caller_context", ffi.dll))
+_caller_export_get = PYFUNCTYPE(c_bool, c_void_p, c_char_p, c_size_t, c_void_p)(
     ("wasmtime_caller_export_get", ffi.dll)
 )
-_memory_data = CFUNCTYPE(c_void_p, c_void_p, c_void_p)(("wasmtime_memory_data", ffi.dll))
-_memory_data_size = CFUNCTYPE(c_size_t, c_void_p, c_void_p)(("wasmtime_memory_data_size", ffi.dll))
-_trap_new = CFUNCTYPE(c_void_p, c_char_p, c_size_t)(("wasmtime_trap_new", ffi.dll))
-_set_epoch_deadline = CFUNCTYPE(None, c_void_p, c_uint64)(
+_memory_data = PYFUNCTYPE(c_void_p, c_void_p, c_void_p)(("wasmtime_memory_data", ffi.dll))
+_memory_data_size = PYFUNCTYPE(c_size_t, c_void_p, c_void_p)(
+    ("wasmtime_memory_data_size", ffi.dll)
+)
+_trap_new = PYFUNCTYPE(c_void_p, c_char_p, c_size_t)(("wasmtime_trap_new", ffi.dll))
+_set_epoch_deadline = PYFUNCTYPE(None, c_void_p, c_uint64)(
     ("wasmtime_context_set_epoch_deadline", ffi.dll)
 )
+# libc memmove keeping the GIL (ctypes.memmove releases it).
+_memmove = PYFUNCTYPE(c_void_p, c_void_p, c_void_p, c_size_t)(
+    cast(int, ctypes.cast(ctypes.memmove, c_void_p).value)
+)
 
+_EXTERN_FUNC: Final[int] = ffi.WASMTIME_EXTERN_FUNC.value
 _EXTERN_MEMORY: Final[int] = ffi.WASMTIME_EXTERN_MEMORY.value
 _EXTERN_PAYLOAD_OFFSET: Final[int] = ffi.wasmtime_extern_t.of.offset
 
@@ -127,14 +161,8 @@ _F32_SLOT = struct.Struct("<f12x")
 _F64_SLOT = struct.Struct("<d8x")
 
 
-def _kinds(types: list[wasmtime.ValType], what: str) -> tuple[str, ...]:
-    kinds = tuple(str(t) for t in types)
-    for kind in kinds:
-        if kind not in _SLOT_FORMAT:
-            raise ValueError(f"fastpath supports only i32/i64/f32/f64 {what}s, not {kind}")
-    if what == "result" and len(kinds) > 1:
-        raise ValueError("fastpath supports at most one result")
-    return kinds
+def _kinds(types: list[wasmtime.ValType]) -> tuple[str, ...]:
+    return tuple(str(t) for t in types)
 
 
 def _slot_struct(kinds: tuple[str, ...]) -> struct.Struct:
@@ -182,6 +210,90 @@ def _result_writer(kinds: tuple[str, ...]) -> ResultWriter:
         slot.pack_into(view, 0, _float(value, kind))
 
     return write_float
+
+
+class _Sig:
+    """Everything derived from one signature; built once, shared by every function of it."""
+
+    __slots__ = ("args", "buffer_type", "key", "nparams", "nslots", "params", "result",
+                 "results", "trap_index", "view_type", "write_result")
+
+    def __init__(self, params: tuple[str, ...], results: tuple[str, ...]) -> None:
+        for what, kinds in (("parameter", params), ("result", results)):
+            for kind in kinds:
+                if kind not in _SLOT_FORMAT:
+                    raise ValueError(f"fastpath supports only i32/i64/f32/f64 {what}s, not {kind}")
+        if len(results) > 1:
+            raise ValueError("fastpath supports at most one result")
+        self.key: Signature = (params, results)
+        self.params, self.results = params, results
+        self.nparams = len(params)
+        self.nslots = max(len(params), len(results))
+        self.args = _slot_struct(params)
+        self.result = _slot_struct(results) if results else None
+        # Guest calls: one zeroed buffer per call, the value slots then the wasm_trap_t* out slot.
+        self.buffer_type = c_uint64 * (2 * self.nslots + 1)
+        self.trap_index = 2 * self.nslots
+        # Host functions: a view of the slots wasmtime passes in.
+        self.view_type = c_char * (_SLOT_BYTES * self.nslots)
+        self.write_result = _result_writer(results)
+
+    def new_func_type(self) -> wasmtime.FuncType:
+        return wasmtime.FuncType([_VALTYPE[k]() for k in self.params],
+                                 [_VALTYPE[k]() for k in self.results])
+
+
+_SIGS: dict[Signature, _Sig] = {}
+
+
+def _sig(params: tuple[str, ...], results: tuple[str, ...]) -> _Sig:
+    """The (cached) layout of a signature; ValueError if fastpath cannot carry it."""
+    sig = _SIGS.get((params, results))
+    if sig is None:
+        sig = _SIGS.setdefault((params, results), _Sig(params, results))
+    return sig
+
+
+# A wasm_functype_t binds to the first Engine it is used with, and libwasmtime 50
+# aborts the process (assertion `comes_from_same_engine`) if it is later used
+# with another one: FuncTypes are therefore cached per Engine, and a caller's
+# own FuncType is never passed down.  Weak keys: an Engine's entry (and its
+# FuncTypes, which hold the native engine) goes when the Engine object does.
+_ENGINE_FUNC_TYPES: weakref.WeakKeyDictionary[wasmtime.Engine, dict[Signature, wasmtime.FuncType]]
+_ENGINE_FUNC_TYPES = weakref.WeakKeyDictionary()
+
+
+def _func_type(engine: wasmtime.Engine, sig: _Sig) -> wasmtime.FuncType:
+    types = _ENGINE_FUNC_TYPES.get(engine)
+    if types is None:
+        types = _ENGINE_FUNC_TYPES.setdefault(engine, {})
+    ty = types.get(sig.key)
+    if ty is None:
+        ty = types.setdefault(sig.key, sig.new_func_type())
+    return ty
+
+
+_MEMORY_EXPORT: Final = "memory"
+_OTHER_EXPORT: Final = "other"
+ExportKind = Signature | str
+_MODULE_EXPORTS: weakref.WeakKeyDictionary[wasmtime.Module, dict[str, ExportKind]]
+_MODULE_EXPORTS = weakref.WeakKeyDictionary()
+
+
+def _module_exports(module: wasmtime.Module) -> dict[str, ExportKind]:
+    """Export name -> signature (functions), "memory" or "other"; read once per Module."""
+    exports = _MODULE_EXPORTS.get(module)
+    if exports is None:
+        exports = {}
+        for export in module.exports:
+            ty = export.type
+            if isinstance(ty, wasmtime.FuncType):
+                exports[export.name] = (_kinds(ty.params), _kinds(ty.results))
+            else:
+                is_memory = isinstance(ty, wasmtime.MemoryType)
+                exports[export.name] = _MEMORY_EXPORT if is_memory else _OTHER_EXPORT
+        _MODULE_EXPORTS[module] = exports
+    return exports
 
 
 # --- errors -------------------------------------------------------------------
@@ -298,7 +410,7 @@ class HostCall:
             data = bytes(data)
         base = self._checked_base(ptr, len(data))
         if data:
-            ctypes.memmove(base + ptr, data, len(data))
+            _memmove(base + ptr, data, len(data))
 
     def set_epoch_deadline(self, ticks: int) -> None:
         """Give the calling guest ``ticks`` more epoch ticks before it is interrupted."""
@@ -326,16 +438,15 @@ class _Host:
     __slots__ = ("args", "cache_memory", "fn", "mem", "mem_extern", "nparams", "store_id",
                  "view_type", "write_result")
 
-    def __init__(self, fn: HostFn, params: tuple[str, ...], results: tuple[str, ...],
-                 cache_memory: bool = False) -> None:
+    def __init__(self, fn: HostFn, sig: _Sig, cache_memory: bool = False) -> None:
         self.cache_memory = cache_memory
         self.mem_extern: ffi.wasmtime_extern_t | None = None
         self.mem = 0
         self.fn = fn
-        self.nparams = len(params)
-        self.view_type = c_char * (_SLOT_BYTES * max(len(params), len(results)))
-        self.args = _slot_struct(params)
-        self.write_result = _result_writer(results)
+        self.nparams = sig.nparams
+        self.view_type = sig.view_type
+        self.args = sig.args
+        self.write_result = sig.write_result
         self.store_id = 0  # set once wasmtime has created the Func
 
 
@@ -387,7 +498,7 @@ def _finalize(env: int | None) -> None:
     # interpreter shutdown when module globals are already gone.
     try:
         _HOSTS.pop(env or 0, None)
-    except BaseException:  # noqa: BLE001, S110
+    except BaseException:  # noqa: BLE001
         pass
 
 
@@ -399,40 +510,68 @@ ctypes.pythonapi.Py_IncRef(ctypes.py_object(_TRAMPOLINE))
 ctypes.pythonapi.Py_IncRef(ctypes.py_object(_FINALIZER))
 
 
-def define_unchecked(store: wasmtime.Store, ty: wasmtime.FuncType, fn: HostFn, *,
+def define_unchecked(store: wasmtime.Store, ty: wasmtime.FuncType | Signature, fn: HostFn, *,
                      single_instance: bool = False) -> wasmtime.Func:
     """Create a host function in `store` that receives raw, type-decoded arguments.
 
+    `ty` is a FuncType or, cheaper (no type queries), a :data:`Signature`.
     `fn(call, args)` gets i32/i64 as ints (i32 signed, as the guest sees it) and
     f32/f64 as floats; it returns None or one value matching `ty`'s result.  Any
     exception it raises becomes a trap carrying ``"TypeName: message"`` (just
     the message for :class:`GuestCallError`).
+
+    `fn` is kept alive by a registry until `store` drops the function, so it
+    must not hold `store` (e.g. through a :class:`RawFunc`; use
+    :meth:`RawFunc.detached`): the store would never be freed.
 
     `single_instance=True` promises that only one instance in `store` imports
     the function, so the caller's memory export is looked up once and reused.
     """
     if not isinstance(store, wasmtime.Store):
         raise TypeError("expected a wasmtime.Store")
-    if not isinstance(ty, wasmtime.FuncType):
-        raise TypeError("expected a wasmtime.FuncType")
+    if isinstance(ty, wasmtime.FuncType):
+        params, results = _kinds(ty.params), _kinds(ty.results)
+    elif isinstance(ty, tuple) and len(ty) == 2:
+        params, results = tuple(ty[0]), tuple(ty[1])
+    else:
+        raise TypeError("expected a wasmtime.FuncType or a (params, results) signature")
     if not callable(fn):
         raise TypeError("expected a callable")
-    params, results = _kinds(ty.params, "parameter"), _kinds(ty.results, "result")
-    host = _Host(fn, params, results, cache_memory=single_instance)
-    # A wasm_functype_t binds to the first Engine it is used with, and
-    # libwasmtime 50 aborts the process (assertion `comes_from_same_engine`) if
-    # it is later used with another one; so never pass the caller's `ty` down.
-    own_ty = wasmtime.FuncType([_VALTYPE[k]() for k in params], [_VALTYPE[k]() for k in results])
+    sig = _sig(params, results)
+    host = _Host(fn, sig, cache_memory=single_instance)
+    func_type = _func_type(store.engine, sig)
     ctx = store._context()  # raises for a closed store before anything is registered
     env = next(_ENV_IDS)
     _HOSTS[env] = host  # freed by _finalize when the store drops the function
     func = ffi.wasmtime_func_t()
-    _func_new_unchecked(ctx, own_ty.ptr(), _TRAMPOLINE, env, _FINALIZER, ctypes.byref(func))
+    _func_new_unchecked(ctx, func_type.ptr(), _TRAMPOLINE, env, _FINALIZER, ctypes.byref(func))
     host.store_id = func.store_id
     return wasmtime.Func._from_raw(func)
 
 
+def set_epoch_deadline(store: wasmtime.Store, ticks: int) -> None:
+    """``store.set_epoch_deadline(ticks)`` without releasing the GIL."""
+    _set_epoch_deadline(store._context(), ticks)
+
+
 # --- guest side ---------------------------------------------------------------
+
+
+def _raise_call_error(error: int | None, trap: int, nested: bool) -> NoReturn:
+    """Raise what a failed call or instantiation produced (taking ownership of it)."""
+    exc: wasmtime.Trap | wasmtime.WasmtimeError
+    if error:
+        exc = wasmtime.WasmtimeError._from_ptr(
+            ctypes.cast(error, ctypes.POINTER(ffi.wasmtime_error_t))
+        )
+    else:
+        exc = wasmtime.Trap._from_ptr(ctypes.cast(trap, ctypes.POINTER(ffi.wasm_trap_t)))
+    if nested:
+        raise GuestTrap(exc)
+    # As in wasmtime-py's enter_wasm(): if a high-level wasmtime.Func host
+    # function raised inside this call, re-raise that Python exception.
+    _wasmtime_func.maybe_raise_last_exn()
+    raise exc
 
 
 class RawFunc:
@@ -445,8 +584,8 @@ class RawFunc:
     __slots__ = (
         "_args",
         "_buffer_type",
-        "_func",
         "_func_addr",
+        "_handle",
         "_kinds",
         "_nslots",
         "_result",
@@ -461,23 +600,47 @@ class RawFunc:
         if not isinstance(func, wasmtime.Func):
             raise TypeError("expected a wasmtime.Func")
         ty = func.type(store)
-        self._kinds = _kinds(ty.params, "parameter")
-        results = _kinds(ty.results, "result")
-        self._store = store  # keeps the store (and so the function) alive
+        sig = _sig(_kinds(ty.params), _kinds(ty.results))
         # Our own copy of the handle, so its address is stable for our lifetime.
-        self._func = ffi.wasmtime_func_t.from_buffer_copy(func._func)
-        self._func_addr = ctypes.addressof(self._func)
-        self._store_id: int = self._func.store_id
-        self._nslots = max(len(self._kinds), len(results))
-        self._args = _slot_struct(self._kinds)
-        self._result = _slot_struct(results) if results else None
-        # One zeroed buffer per call: the value slots, then the wasm_trap_t* out slot.
-        self._buffer_type = c_uint64 * (2 * self._nslots + 1)
-        self._trap_index = 2 * self._nslots
+        handle = ffi.wasmtime_func_t.from_buffer_copy(func._func)
+        self._setup(store, handle, ctypes.addressof(handle), handle.store_id, sig)
+
+    @classmethod
+    def _from_handle(cls, store: wasmtime.Store | None, handle: ctypes.Structure, addr: int,
+                     store_id: int, sig: _Sig) -> RawFunc:
+        """`handle` owns the wasmtime_func_t at `addr`, whose type the caller knows is `sig`."""
+        self = cls.__new__(cls)
+        self._setup(store, handle, addr, store_id, sig)
+        return self
+
+    def _setup(self, store: wasmtime.Store | None, handle: ctypes.Structure, addr: int,
+               store_id: int, sig: _Sig) -> None:
+        self._store = store  # keeps the store (and so the function) alive
+        self._handle = handle
+        self._func_addr = addr
+        self._store_id = store_id
+        self._kinds = sig.params
+        self._nslots = sig.nslots
+        self._args = sig.args
+        self._result = sig.result
+        self._buffer_type = sig.buffer_type
+        self._trap_index = sig.trap_index
+
+    def detached(self) -> RawFunc:
+        """This function without a reference to its store, callable only through
+        :meth:`HostCall.call` (for host functions of that store to hold)."""
+        copy = RawFunc.__new__(RawFunc)
+        for name in RawFunc.__slots__:
+            setattr(copy, name, getattr(self, name))
+        copy._store = None
+        return copy
 
     def __call__(self, *args: Number) -> Number | None:
         """Call the function; a trap raises wasmtime.Trap (or WasmtimeError, as Func would)."""
-        return self._invoke(self._store._context(), args, nested=False)
+        store = self._store
+        if store is None:
+            raise RuntimeError("a detached RawFunc can only be called through HostCall.call")
+        return self._invoke(store._context(), args, nested=False)
 
     def _invoke(self, ctx: object, args: tuple[Number, ...], nested: bool) -> Number | None:
         if len(args) != len(self._kinds):
@@ -493,7 +656,7 @@ class RawFunc:
             ctx, self._func_addr, address, self._nslots, address + _SLOT_BYTES * self._nslots
         )
         if error or buf[self._trap_index]:
-            self._raise(error, buf[self._trap_index], nested)
+            _raise_call_error(error, buf[self._trap_index], nested)
         if self._result is None:
             return None
         value: Number = self._result.unpack_from(buf)[0]
@@ -502,7 +665,7 @@ class RawFunc:
     def _pack_normalized(self, buf: ctypes.Array[c_uint64], args: tuple[Number, ...]) -> None:
         """Slow path: accept unsigned spellings of i32/i64 (e.g. 0xFFFFFFF0), or fail clearly."""
         values: list[Number] = []
-        for kind, value in zip(self._kinds, args):
+        for kind, value in zip(self._kinds, args, strict=False):
             if kind in (_I32, _I64) and isinstance(value, int):
                 bits = 32 if kind == _I32 else 64
                 if (1 << (bits - 1)) <= value < (1 << bits):
@@ -515,17 +678,113 @@ class RawFunc:
                 f"bad arguments {args!r} for ({', '.join(self._kinds)}): {exc}"
             ) from None
 
-    def _raise(self, error: int | None, trap: int, nested: bool) -> NoReturn:
-        exc: wasmtime.Trap | wasmtime.WasmtimeError
-        if error:
-            exc = wasmtime.WasmtimeError._from_ptr(
-                ctypes.cast(error, ctypes.POINTER(ffi.wasmtime_error_t))
-            )
-        else:
-            exc = wasmtime.Trap._from_ptr(ctypes.cast(trap, ctypes.POINTER(ffi.wasm_trap_t)))
-        if nested:
-            raise GuestTrap(exc)
-        # As in wasmtime-py's enter_wasm(): if a high-level wasmtime.Func host
-        # function raised inside this call, re-raise that Python exception.
-        _wasmtime_func.maybe_raise_last_exn()
-        raise exc
+
+class RawMemory:
+    """A guest's linear memory, accessed from Python outside host functions.
+
+    Base and size are re-read on every access: any call into the guest may grow
+    (and so move) the memory.
+    """
+
+    __slots__ = ("_extern", "_mem", "_store")
+
+    def __init__(self, store: wasmtime.Store, extern: ffi.wasmtime_extern_t) -> None:
+        self._store = store
+        self._extern = extern  # owns the wasmtime_memory_t at _mem
+        self._mem = ctypes.addressof(extern) + _EXTERN_PAYLOAD_OFFSET
+
+    def size(self) -> int:
+        """Current size in bytes."""
+        size: int = _memory_data_size(self._store._context(), self._mem)
+        return size
+
+    def _checked_base(self, ptr: int, length: int) -> int:
+        ctx = self._store._context()
+        size = _memory_data_size(ctx, self._mem)
+        if ptr < 0 or length < 0 or ptr + length > size:
+            raise IndexError(f"out of bounds: ptr={ptr} len={length} memory={size}")
+        base: int = _memory_data(ctx, self._mem) or 0
+        return base
+
+    def read(self, ptr: int, length: int) -> bytes:
+        """Copy `length` bytes at guest address `ptr`; IndexError if outside memory."""
+        base = self._checked_base(ptr, length)
+        return ctypes.string_at(base + ptr, length) if length else b""
+
+    def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy `data` to guest address `ptr`; IndexError if outside memory."""
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        base = self._checked_base(ptr, len(data))
+        if data:
+            _memmove(base + ptr, data, len(data))
+
+
+class RawInstance:
+    """`module` instantiated in `store` with `imports`; exports are fetched by name.
+
+    Export types come from the module (read once per Module object), so wrapping
+    an export costs one lookup and no type queries.  Instantiation failures raise
+    wasmtime.Trap or wasmtime.WasmtimeError, as wasmtime.Instance would.
+    """
+
+    __slots__ = ("_exports", "_instance", "_store")
+
+    def __init__(self, store: wasmtime.Store, module: wasmtime.Module,
+                 imports: Sequence[wasmtime.Func]) -> None:
+        if not isinstance(store, wasmtime.Store):
+            raise TypeError("expected a wasmtime.Store")
+        if not isinstance(module, wasmtime.Module):
+            raise TypeError("expected a wasmtime.Module")
+        externs = (ffi.wasmtime_extern_t * len(imports))()
+        for extern, func in zip(externs, imports, strict=True):
+            if not isinstance(func, wasmtime.Func):
+                raise TypeError("RawInstance imports must be wasmtime.Func objects")
+            extern.kind = _EXTERN_FUNC
+            extern.of.func = func._func
+        self._exports = _module_exports(module)
+        self._store = store
+        self._instance = ffi.wasmtime_instance_t()
+        trap = c_void_p()
+        error: int | None = _instance_new(store._context(), module.ptr(), externs, len(imports),
+                                          ctypes.byref(self._instance), ctypes.byref(trap))
+        if error or trap.value:
+            _raise_call_error(error, trap.value or 0, nested=False)
+
+    def _export(self, name: str, kind: int) -> ffi.wasmtime_extern_t:
+        extern = ffi.wasmtime_extern_t()
+        raw = name.encode()
+        found = _instance_export_get(self._store._context(), ctypes.addressof(self._instance),
+                                     raw, len(raw), ctypes.addressof(extern))
+        if not found:
+            raise KeyError(name)
+        # ctypes yields an int for this c_uint8 field; the bindings annotate it as c_uint8.
+        if cast(int, extern.kind) != kind:
+            ffi.wasmtime_extern_delete(ctypes.byref(extern))  # e.g. a shared memory's reference
+            what = "function" if kind == _EXTERN_FUNC else "memory"
+            raise TypeError(f"export {name!r} is not a {what}")
+        return extern
+
+    def func(self, name: str) -> RawFunc:
+        """Export `name` as a RawFunc; KeyError if missing, TypeError if not a function,
+        ValueError if its type is not one fastpath can carry."""
+        kinds = self._exports.get(name)
+        if kinds is None:
+            raise KeyError(name)
+        if not isinstance(kinds, tuple):
+            raise TypeError(f"export {name!r} is not a function")
+        sig = _sig(*kinds)
+        extern = self._export(name, _EXTERN_FUNC)
+        # An export of an instance lives in the instance's store.
+        return RawFunc._from_handle(self._store, extern,
+                                    ctypes.addressof(extern) + _EXTERN_PAYLOAD_OFFSET,
+                                    self._instance.store_id, sig)
+
+    def memory(self, name: str = "memory") -> RawMemory:
+        """Export `name` as a RawMemory; KeyError if missing, TypeError if not a linear memory."""
+        kind = self._exports.get(name)
+        if kind is None:
+            raise KeyError(name)
+        if kind != _MEMORY_EXPORT:
+            raise TypeError(f"export {name!r} is not a memory")
+        return RawMemory(self._store, self._export(name, _EXTERN_MEMORY))

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -145,7 +146,7 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
             body = b'{"ok":' + _enc.encode(result) + b"}"
         except errors.SdError as e:
             body = error_body(e)
-        except Exception as e:  # noqa: BLE001 - reported to the guest, never raised into ctypes
+        except Exception as e:
             log.exception("extension %s: %s failed", env.extension_id, method)
             body = error_body(errors.InternalError(f"internal error: {type(e).__name__}: {e}"))
         if len(body) > limits.max_reply_bytes:
@@ -234,20 +235,26 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
     return fns
 
 
-_VAL = {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64(),
-        "f32": wasmtime.ValType.f32()}
-FUNC_TYPES = {name: wasmtime.FuncType([_VAL[p] for p in params], [_VAL[r] for r in results])
-              for name, (params, results) in ABI_IMPORTS.items()}
+# Import names per Module, in import order (module.imports asks libwasmtime every time).
+_IMPORT_NAMES: weakref.WeakKeyDictionary[wasmtime.Module, tuple[str, ...]]
+_IMPORT_NAMES = weakref.WeakKeyDictionary()
+
+
+def _import_names(module: wasmtime.Module) -> tuple[str, ...]:
+    names = _IMPORT_NAMES.get(module)
+    if names is None:
+        found = []
+        for imp in module.imports:
+            assert imp.module == ABI_MODULE and imp.name is not None
+            found.append(imp.name)
+        names = _IMPORT_NAMES[module] = tuple(found)
+    return names
 
 
 def build_imports(store: wasmtime.Store, module: wasmtime.Module,
                   env: HostEnv) -> list[wasmtime.Func]:
     """One Func per import of ``module`` (already checked against ABI v1), in order."""
     fns = make_host_functions(env)
-    out = []
-    for imp in module.imports:
-        assert imp.module == ABI_MODULE and imp.name is not None
-        # GuestInstance puts exactly one instance in each store.
-        out.append(define_unchecked(store, FUNC_TYPES[imp.name], fns[imp.name],
-                                    single_instance=True))
-    return out
+    # GuestInstance puts exactly one instance in each store.
+    return [define_unchecked(store, ABI_IMPORTS[name], fns[name], single_instance=True)
+            for name in _import_names(module)]

@@ -11,7 +11,7 @@ import wasmtime
 
 from daemon.config import ExtensionLimits
 from daemon.errors import ExtensionError
-from daemon.extensions.fastpath import RawFunc
+from daemon.extensions.fastpath import RawFunc, RawInstance, set_epoch_deadline
 from daemon.extensions.host_functions import HostEnv, build_imports
 
 
@@ -33,6 +33,8 @@ def describe_trap(e: BaseException, time_slice_ms: int) -> str:
 
 
 class GuestInstance:
+    """An instance of `module` in a Store of its own, with the ABI v1 host functions."""
+
     def __init__(self, engine: wasmtime.Engine, module: wasmtime.Module, env: HostEnv,
                  memory_bytes: int, limits: ExtensionLimits) -> None:
         self.env = env
@@ -41,31 +43,33 @@ class GuestInstance:
         self.store.set_limits(memory_size=memory_bytes, table_elements=100_000,
                               instances=limits.max_instances, tables=limits.max_tables,
                               memories=1)
-        self.store.set_epoch_deadline(env.deadline_ticks)
+        set_epoch_deadline(self.store, env.deadline_ticks)
         imports = build_imports(self.store, module, env)
         try:
-            instance = wasmtime.Instance(self.store, module, imports)
+            self._instance = RawInstance(self.store, module, imports)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
             raise ExtensionError(f"cannot instantiate extension {env.extension_id}: "
                                  f"{describe_trap(e, limits.time_slice_ms)}") from None
-        self._exports = instance.exports(self.store)
-        memory = self._exports["memory"]
-        assert isinstance(memory, wasmtime.Memory)
-        self.memory = memory
-        self.alloc = self._raw("wasm_alloc")
-        self.free = self._raw("wasm_free")
-        env.alloc = self.alloc
+        self.memory = self._instance.memory("memory")
+        self.alloc = self._instance.func("wasm_alloc")
+        self.free = self._instance.func("wasm_free")
+        self._funcs = {"wasm_alloc": self.alloc, "wasm_free": self.free}
+        # The host functions hold env for as long as the Store holds them; a
+        # Store-owning RawFunc in env would keep the Store alive forever.
+        env.alloc = self.alloc.detached()
 
-    def _raw(self, name: str) -> RawFunc:
-        func = self._exports[name]
-        assert isinstance(func, wasmtime.Func)
-        return RawFunc(self.store, func)
+    def _func(self, name: str) -> RawFunc:
+        func = self._funcs.get(name)
+        if func is None:
+            func = self._funcs[name] = self._instance.func(name)
+        return func
 
     def call(self, name: str, *args: int) -> int:
         """Call an i32-returning export; a trap becomes an ExtensionError with its reason."""
-        self.store.set_epoch_deadline(self.env.deadline_ticks)
+        func = self._func(name)
+        set_epoch_deadline(self.store, self.env.deadline_ticks)
         try:
-            result = self._raw(name)(*args)
+            result = func(*args)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
             raise ExtensionError(describe_trap(e, self.limits.time_slice_ms)) from None
         return int(result or 0)
@@ -73,7 +77,7 @@ class GuestInstance:
     def put(self, data: bytes) -> tuple[int, int]:
         """Copy ``data`` into memory the guest allocated; returns (ptr, allocated size)."""
         size = max(len(data), 1)
-        self.store.set_epoch_deadline(self.env.deadline_ticks)
+        set_epoch_deadline(self.store, self.env.deadline_ticks)
         try:
             ptr = self.alloc(size)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
@@ -81,9 +85,9 @@ class GuestInstance:
                                  f"{describe_trap(e, self.limits.time_slice_ms)}") from None
         if not isinstance(ptr, int) or ptr == 0:
             raise ExtensionError(f"wasm_alloc({size}) returned 0: the guest is out of memory")
-        if ptr < 0 or ptr + size > self.memory.data_len(self.store):
+        if ptr < 0 or ptr + size > self.memory.size():
             raise ExtensionError(f"wasm_alloc({size}) returned out-of-bounds pointer {ptr}")
-        self.memory.write(self.store, data, ptr)
+        self.memory.write(ptr, data)
         return ptr, size
 
     def release(self, ptr: int, size: int) -> None:
