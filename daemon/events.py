@@ -2,7 +2,8 @@
 
 Publishing never blocks: each subscriber has a bounded queue, and an event that
 does not fit is dropped and counted for that subscriber alone. Publishing is
-done on the event loop's thread; worker threads use ``publish_threadsafe``.
+done on the event loop's thread (job contexts on worker threads hand their
+events to the loop with ``call_soon_threadsafe``).
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class JobResumed(JobEvent, tag="job.resumed"):
 
 
 class JobCompleted(JobEvent, tag="job.completed"):
+    """``output`` is the job's output when it encodes to 64 KiB or less, else null."""
+
     output: Any = None
 
 
@@ -201,10 +204,3 @@ class EventBus:
         for sub in tuple(self._subs):
             if sub.wants(event):
                 sub.offer(event)
-
-    def publish_threadsafe(self, event: Event) -> None:
-        """Publish from any thread."""
-        try:
-            self._loop.call_soon_threadsafe(self.publish, event)
-        except RuntimeError:  # loop closed: nobody is listening any more
-            pass

@@ -56,6 +56,12 @@ class Ctx:
     def call(self, method: str, payload: Any = None, library: str | None = None) -> Any:
         return self.run(lambda c: c.call(method, payload, library))
 
+    def lib_call(self, library: str | None, method: str, payload: Any) -> Any:
+        """A library-scoped call; ``library`` None means the only library there is."""
+        async def go(c: Client) -> Any:
+            return await c.call(method, payload, await resolve_library(c, library))
+        return self.run(go)
+
     def out(self, result: Any, human: Callable[[Any], None] | None = None) -> None:
         if self.json or human is None:
             click.echo(_enc.encode(result).decode())

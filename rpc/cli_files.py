@@ -10,19 +10,13 @@ from typing import Any
 import click
 import msgspec
 
-from rpc.cli import EXIT_OK, Ctx, _kv, _table, _ts, cli, library_option, pass_ctx, resolve_library
+from rpc.cli import Ctx, _kv, _table, _ts, cli, library_option, pass_ctx, resolve_library
 from rpc.cli_ext import ext
-from rpc.cli_jobs import watch
+from rpc.cli_jobs import run_and_maybe_watch
 from rpc.client import Client
 
 KINDS = ["file", "dir", "symlink", "other"]
 _enc = msgspec.json.Encoder()
-
-
-def _lib_call(ctx: Ctx, library: str | None, method: str, payload: Any) -> Any:
-    async def go(c: Client) -> Any:
-        return await c.call(method, payload, await resolve_library(c, library))
-    return ctx.run(go)
 
 
 def _size(n: int) -> str:
@@ -32,20 +26,6 @@ def _size(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return str(n)
-
-
-def _start_job(ctx: Ctx, library: str | None, method: str, payload: dict[str, Any], wait: bool,
-               describe: Any) -> None:
-    """Call an operation that returns a ``job_id``; with ``wait``, follow the job to its end."""
-    async def go(c: Client) -> int:
-        lib = await resolve_library(c, library)
-        r = await c.call(method, payload, lib)
-        if ctx.json and not wait:
-            ctx.out(r)
-        elif not ctx.json:
-            describe(r)
-        return await watch(c, lib, r["job_id"], ctx.json) if wait else EXIT_OK
-    sys.exit(ctx.run(go))
 
 
 # --- locations ----------------------------------------------------------------------------------
@@ -64,10 +44,10 @@ def location() -> None:
 def location_add(ctx: Ctx, path: Path, name: str | None, identify: bool, wait: bool,
                  library: str | None) -> None:
     """Add PATH as a location and index it."""
-    _start_job(ctx, library, "action:locations.add.input.v1",
-               {"path": str(path.resolve()), "name": name, "identify": identify}, wait,
-               lambda r: click.echo(f"added location {r['location']['id']} "
-                                    f"({r['location']['path']}); indexing job {r['job_id']}"))
+    run_and_maybe_watch(ctx, library, "action:locations.add.input.v1",
+                        {"path": str(path.resolve()), "name": name, "identify": identify}, wait,
+                        lambda r: click.echo(f"added location {r['location']['id']} "
+                                             f"({r['location']['path']}); indexing job {r['job_id']}"))
 
 
 @location.command("list")
@@ -81,7 +61,7 @@ def location_list(ctx: Ctx, library: str | None) -> None:
             return
         _table([{**r, "indexed": _ts(r["indexed_at"]), "index job": r["index_status"]}
                 for r in rows], ["id", "name", "path", "entries", "indexed", "index job"])
-    ctx.out(_lib_call(ctx, library, "query:locations.list.v1", {}), human)
+    ctx.out(ctx.lib_call(library, "query:locations.list.v1", {}), human)
 
 
 @location.command("rescan")
@@ -93,10 +73,10 @@ def location_list(ctx: Ctx, library: str | None) -> None:
 def location_rescan(ctx: Ctx, location_id: int, identify: bool, wait: bool,
                     library: str | None) -> None:
     """Index a location again (only what changed is written)."""
-    _start_job(ctx, library, "action:locations.rescan.input.v1",
-               {"id": location_id, "identify": identify}, wait,
-               lambda r: click.echo(f"location {location_id}: indexing job {r['job_id']}"
-                                    + (" (already running)" if r["already_running"] else "")))
+    run_and_maybe_watch(ctx, library, "action:locations.rescan.input.v1",
+                        {"id": location_id, "identify": identify}, wait,
+                        lambda r: click.echo(f"location {location_id}: indexing job {r['job_id']}"
+                                             + (" (already running)" if r["already_running"] else "")))
 
 
 @location.command("identify")
@@ -106,9 +86,9 @@ def location_rescan(ctx: Ctx, location_id: int, identify: bool, wait: bool,
 @pass_ctx
 def location_identify(ctx: Ctx, location_id: int, wait: bool, library: str | None) -> None:
     """Compute the content hash (cas_id) of every file that has none."""
-    _start_job(ctx, library, "action:jobs.dispatch.input.v1",
-               {"name": "locations.identify", "input": {"location_id": location_id}}, wait,
-               lambda r: click.echo(f"location {location_id}: identify job {r['job_id']}"))
+    run_and_maybe_watch(ctx, library, "action:jobs.dispatch.input.v1",
+                        {"name": "locations.identify", "input": {"location_id": location_id}}, wait,
+                        lambda r: click.echo(f"location {location_id}: identify job {r['job_id']}"))
 
 
 @location.command("remove")
@@ -117,7 +97,7 @@ def location_identify(ctx: Ctx, location_id: int, wait: bool, library: str | Non
 @pass_ctx
 def location_remove(ctx: Ctx, location_id: int, library: str | None) -> None:
     """Forget a location and its entries (files on disk are not touched)."""
-    ctx.out(_lib_call(ctx, library, "action:locations.remove.input.v1", {"id": location_id}),
+    ctx.out(ctx.lib_call(library, "action:locations.remove.input.v1", {"id": location_id}),
             lambda r: click.echo(f"removed location {r['removed']} ({r['entries']} entries)"))
 
 
@@ -178,7 +158,7 @@ def entries_ls(ctx: Ctx, location_id: int | None, parent: str | None, extension:
 @pass_ctx
 def entries_get(ctx: Ctx, entry_id: int, library: str | None) -> None:
     """Show one entry and its tags."""
-    ctx.out(_lib_call(ctx, library, "query:entries.get.v1", {"id": entry_id}), _kv)
+    ctx.out(ctx.lib_call(library, "query:entries.get.v1", {"id": entry_id}), _kv)
 
 
 @entries.command("read")
@@ -190,7 +170,7 @@ def entries_get(ctx: Ctx, entry_id: int, library: str | None) -> None:
 @pass_ctx
 def entries_read(ctx: Ctx, entry_id: int, offset: int, length: int, library: str | None) -> None:
     """Write bytes of a file entry to stdout (the JSON reply with --json)."""
-    r = _lib_call(ctx, library, "query:entries.read.v1",
+    r = ctx.lib_call(library, "query:entries.read.v1",
                   {"entry_id": entry_id, "offset": offset, "length": length})
     if ctx.json:
         ctx.out(r)
@@ -211,7 +191,7 @@ def tag() -> None:
 @pass_ctx
 def tag_create(ctx: Ctx, name: str, color: str | None, library: str | None) -> None:
     """Create a tag (nothing happens if it exists)."""
-    ctx.out(_lib_call(ctx, library, "action:tags.create.input.v1", {"name": name, "color": color}),
+    ctx.out(ctx.lib_call(library, "action:tags.create.input.v1", {"name": name, "color": color}),
             lambda r: click.echo(f"{'created' if r['created'] else 'exists:'} tag {r['id']} "
                                  f"({r['name']})"))
 
@@ -226,7 +206,7 @@ def tag_list(ctx: Ctx, library: str | None) -> None:
             click.echo("no tags")
             return
         _table(rows, ["id", "name", "entries", "color"])
-    ctx.out(_lib_call(ctx, library, "query:tags.list.v1", {}), human)
+    ctx.out(ctx.lib_call(library, "query:tags.list.v1", {}), human)
 
 
 def _tag_entries(verb: str) -> Any:
@@ -235,7 +215,7 @@ def _tag_entries(verb: str) -> Any:
     @library_option
     @pass_ctx
     def command(ctx: Ctx, name: str, entry_ids: tuple[int, ...], library: str | None) -> None:
-        r = _lib_call(ctx, library, f"action:tags.{verb}.input.v1",
+        r = ctx.lib_call(library, f"action:tags.{verb}.input.v1",
                       {"tag": name, "entry_ids": list(entry_ids)})
         def human(r: dict[str, Any]) -> None:
             if verb == "apply":
@@ -269,7 +249,7 @@ def tag_ls(ctx: Ctx, name: str, location_id: int | None, library: str | None) ->
 @pass_ctx
 def tag_delete(ctx: Ctx, name: str, library: str | None) -> None:
     """Delete tag NAME (entries keep existing)."""
-    ctx.out(_lib_call(ctx, library, "action:tags.delete.input.v1", {"tag": name}),
+    ctx.out(ctx.lib_call(library, "action:tags.delete.input.v1", {"tag": name}),
             lambda r: click.echo(f"deleted tag {r['deleted']} ({name})"))
 
 
@@ -286,5 +266,5 @@ def ext_storage(ctx: Ctx, ext_id: str, prefix: str, library: str | None) -> None
             click.echo(f"{ext_id} stored nothing in this library")
         for r in rows:
             click.echo(f"{r['key']} = {_enc.encode(r['value']).decode()}")
-    ctx.out(_lib_call(ctx, library, "query:extension_storage.inspect.v1",
+    ctx.out(ctx.lib_call(library, "query:extension_storage.inspect.v1",
                       {"extension_id": ext_id, "prefix": prefix, "limit": 1000}), human)

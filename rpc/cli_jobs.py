@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -38,12 +39,6 @@ def job() -> None:
     """List, inspect, control and watch jobs."""
 
 
-def _lib_call(ctx: Ctx, library: str | None, method: str, payload: Any) -> Any:
-    async def go(c: Client) -> Any:
-        return await c.call(method, payload, await resolve_library(c, library))
-    return ctx.run(go)
-
-
 @job.command("list")
 @click.option("--status", type=click.Choice(
     ["queued", "running", "paused", "completed", "failed", "cancelled"]), default=None)
@@ -51,7 +46,7 @@ def _lib_call(ctx: Ctx, library: str | None, method: str, payload: Any) -> Any:
 @pass_ctx
 def job_list(ctx: Ctx, status: str | None, library: str | None) -> None:
     """List jobs, newest first."""
-    rows = _lib_call(ctx, library, "query:jobs.list.v1", {"status": status})
+    rows = ctx.lib_call(library, "query:jobs.list.v1", {"status": status})
 
     def human(rows: list[dict[str, Any]]) -> None:
         if not rows:
@@ -68,7 +63,7 @@ def job_list(ctx: Ctx, status: str | None, library: str | None) -> None:
 @pass_ctx
 def job_info(ctx: Ctx, job_id: str, library: str | None) -> None:
     """Show one job, with its transitions."""
-    ctx.out(_lib_call(ctx, library, "query:jobs.info.v1", {"id": job_id, "transitions": True}), _kv)
+    ctx.out(ctx.lib_call(library, "query:jobs.info.v1", {"id": job_id, "transitions": True}), _kv)
 
 
 def _control(verb: str) -> Any:
@@ -76,7 +71,7 @@ def _control(verb: str) -> Any:
     @library_option
     @pass_ctx
     def command(ctx: Ctx, job_id: str, library: str | None) -> None:
-        r = _lib_call(ctx, library, f"action:jobs.{verb}.input.v1", {"id": job_id})
+        r = ctx.lib_call(library, f"action:jobs.{verb}.input.v1", {"id": job_id})
         ctx.out(r, lambda r: click.echo(f"{job_id}: {r['status'].replace('_', ' ')}"))
     command.__doc__ = f"{verb.capitalize()} a job."
     return command
@@ -103,16 +98,19 @@ def job_dispatch(ctx: Ctx, name: str, input_json: str, wait: bool, library: str 
 
 
 def run_and_maybe_watch(ctx: Ctx, library: str | None, method: str, request: dict[str, Any],
-                        wait: bool) -> None:
-    """Call an operation that queues a job; with ``wait``, watch it and exit with its outcome."""
+                        wait: bool, describe: Callable[[Any], None] | None = None) -> None:
+    """Call an operation that returns a ``job_id``; with ``wait``, watch the job and exit
+    with its outcome. ``describe`` prints the human line for the operation's result."""
+    say = describe or (lambda r: click.echo(f"queued job {r['job_id']}"))
+
     async def go(c: Client) -> int:
         lib = await resolve_library(c, library)
         r = await c.call(method, request, lib)
         if not wait:
-            ctx.out(r, lambda r: click.echo(f"queued job {r['job_id']}"))
+            ctx.out(r, say)
             return EXIT_OK
         if not ctx.json:
-            click.echo(f"queued job {r['job_id']}")
+            say(r)
         return await watch(c, lib, r["job_id"], ctx.json)
     sys.exit(ctx.run(go))
 

@@ -29,6 +29,8 @@ class Policy(Protocol):
 
     def check(self, op: Operation, library_id: str | None) -> None: ...
 
+    def allows_library(self, library_id: str) -> bool: ...
+
 
 @dataclass(eq=False)
 class Caller:
@@ -39,6 +41,13 @@ class Caller:
     uid: int | None = None
     policy: Policy | None = None
     session: Any = None
+
+    def sees_library(self, library_id: str) -> bool:
+        return self.policy is None or self.policy.allows_library(library_id)
+
+    def sees_job(self, job_extension_id: str | None) -> bool:
+        """Extensions see only their own jobs; clients see every job."""
+        return self.extension_id is None or job_extension_id == self.extension_id
 
     def describe(self) -> str:
         return f"extension {self.extension_id}" if self.extension_id else f"client uid={self.uid}"

@@ -16,7 +16,7 @@ import stat
 import struct
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 from daemon import errors
 from daemon.events import Subscription
@@ -28,6 +28,7 @@ log = logging.getLogger("sd.server")
 
 _PEERCRED = struct.Struct("3i")
 BACKLOG = 4096  # connections waiting to be accepted (capped by net.core.somaxconn)
+MAX_IN_FLIGHT = 1024  # unanswered requests per connection before it is read no further
 _SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # not exported by Python 3.11
 
 
@@ -113,6 +114,7 @@ class Connection(asyncio.Protocol):
         self._can_write.set()
         self._subscription: Subscription | None = None
         self._closed = False
+        self._read_paused_for_tasks = False
 
     # --- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -182,7 +184,8 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._can_write.set()
-        if self.transport is not None and not self._closed:
+        if (self.transport is not None and not self._closed and not self._read_paused_for_tasks
+                and not self.server.stopping):
             self.transport.resume_reading()
 
     # --- requests ---------------------------------------------------------------------------
@@ -201,8 +204,20 @@ class Connection(asyncio.Protocol):
         task = asyncio.ensure_future(self._answer_later(answer))
         self._tasks.add(task)
         self.server.in_flight.add(task)
-        task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(self.server.in_flight.discard)
+        task.add_done_callback(self._request_done)
+        if len(self._tasks) >= MAX_IN_FLIGHT and self.transport is not None:
+            # Pipelining without bound would only pile up tasks: read on when some finish.
+            self._read_paused_for_tasks = True
+            self.transport.pause_reading()
+
+    def _request_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self.server.in_flight.discard(task)
+        if (self._read_paused_for_tasks and len(self._tasks) < MAX_IN_FLIGHT // 2
+                and self.transport is not None and not self._closed
+                and self._can_write.is_set() and not self.server.stopping):
+            self._read_paused_for_tasks = False
+            self.transport.resume_reading()
 
     async def _answer_later(self, answer: Awaitable[bytes | None]) -> None:
         out = await answer
@@ -252,6 +267,7 @@ class RpcServer:
         self.allowed_gid = allowed_gid
         self.connections: set[Connection] = set()
         self.in_flight: set[asyncio.Task[None]] = set()
+        self.stopping = False
         self._server: asyncio.AbstractServer | None = None
         self._owns_path = False
 
@@ -276,9 +292,13 @@ class RpcServer:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting, let in-flight requests finish, close connections, remove the socket."""
-        # 1. No new connections.
+        # 1. No new connections, and no new requests on the open ones.
+        self.stopping = True
         if self._server is not None:
             self._server.close()
+        for conn in list(self.connections):
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.transport.pause_reading()
         # 2. Requests already being served get up to `grace` seconds to answer.
         if self.in_flight:
             await asyncio.wait(list(self.in_flight), timeout=grace)
@@ -290,7 +310,4 @@ class RpcServer:
             self.socket_path.unlink(missing_ok=True)
         if self._server is not None:
             await self._server.wait_closed()
-
-    def describe(self) -> dict[str, Any]:
-        return {"socket": str(self.socket_path), "connections": len(self.connections)}
 

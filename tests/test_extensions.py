@@ -166,10 +166,38 @@ async def test_unknown_export_and_unloaded_extension(core: Core) -> None:
         "extension_id": "test-extension", "export_fn": "wasm_alloc", "state_json": "{}"})
     with pytest.raises(JobFailed, match="not a job export registered"):
         await (await lib.jobs.get_handle(bad)).wait()
-    gone = await lib.jobs.dispatch_by_name("wasm_job", {
-        "extension_id": "nope", "export_fn": "x", "state_json": "{}"})
-    with pytest.raises(JobFailed, match="'nope' is not loaded"):
-        await (await lib.jobs.get_handle(gone)).wait()
+
+
+async def test_job_of_an_unloaded_extension_pauses_until_resumed(core: Core) -> None:
+    """Never lost: a queued job whose extension is not loaded pauses, and runs once it is."""
+    lib = await core.libraries.create_library("L")
+    job_id = await lib.jobs.dispatch_by_name("wasm_job", counter_input(3))
+    while (info := await lib.jobs.info(job_id)).status != "paused":
+        await asyncio.sleep(0.01)
+    assert any("test-extension is not loaded" in w for w in info.warnings)
+    await core.plugin_manager.load_plugin("test-extension")
+    await lib.jobs.resume(job_id)
+    assert (await (await lib.jobs.get_handle(job_id)).wait())["current"] == 3
+
+
+async def test_concurrent_jobs_limit_does_not_hold_global_slots(core: Core) -> None:
+    """Jobs waiting for their extension's concurrent_jobs gate leave job slots to others."""
+    pm = core.plugin_manager
+    await pm.load_plugin("test-extension")
+    pm._plugins["test-extension"].gate = asyncio.Semaphore(1)  # as a manifest saying 1 would
+    lib = await core.libraries.create_library("L")
+    slow = [await lib.jobs.dispatch_by_name("wasm_job", counter_input(40, spin=2_000_000))
+            for _ in range(3)]
+    await asyncio.sleep(0.1)
+    statuses = [(await lib.jobs.info(j)).status for j in slow]
+    assert statuses.count("running") == 1, statuses
+    from jobtypes import TEST_JOB_TYPES  # a native job still gets a slot meanwhile
+    core.job_types.register(TEST_JOB_TYPES[2])
+    native = await lib.jobs.dispatch_by_name("test.noop", {})
+    await asyncio.wait_for((await lib.jobs.get_handle(native)).wait(), 5)
+    assert [(await lib.jobs.info(j)).status for j in slow].count("completed") < 3
+    for j in slow:
+        assert (await (await lib.jobs.get_handle(j)).wait())["current"] == 40
 
 
 async def test_unload_pauses_running_jobs_and_reload_resumes(core: Core) -> None:

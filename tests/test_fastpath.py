@@ -839,7 +839,8 @@ def guest_instance(engine: wt.Engine, module: wt.Module) -> Any:
 
     limits = ExtensionLimits()
     none: Any = None  # no RPC: the guest here never calls spacedrive_call
-    env = HostEnv("t", none, none, ContextRegistry(), limits, LogLimiter(), 1 << 30, phase="job")
+    env = HostEnv("t", none, none, ContextRegistry(), limits, LogLimiter(), 1 << 30,
+                  threading.Event(), phase="job")
     return GuestInstance(engine, module, env, 16 << 20, limits)
 
 

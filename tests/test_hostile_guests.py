@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import BUILT_EXTENSIONS, Daemon, short_tmpdir
-from wasm_guests import hostile, make_extension, module, wat_bytes
+from wasm_guests import data, hostile, make_extension, module, wat_bytes
 
 from daemon.errors import SdError
 from rpc.client import SyncClient
@@ -344,3 +344,27 @@ def test_negative_and_huge_lengths(host: Host) -> None:
     assert "negative payload length" in host.install_fails("neg-payload", wat)
     host.healthy(companion)
 
+
+
+def test_extension_sees_only_granted_libraries_and_its_own_jobs(host: Host) -> None:
+    companion = host.companion()  # a job of test-extension in host.lib
+    wat = module(f"""
+      {data(16, "query:libraries.list.v1")}
+      {data(48, "query:jobs.list.v1")}
+      {data(80, "{}")}
+      (data (i32.const 96) "{wat_bytes(uuid.UUID(host.lib).bytes)}")
+      (func $show (param $r i32)
+        (call $log (i32.const 1) (i32.add (local.get $r) (i32.const 4)) (i32.load (local.get $r))))
+      (func (export "plugin_init") (result i32)
+        (call $show (call $call (i32.const 16) (i32.const 23) (i32.const 0) (i32.const 80) (i32.const 2)))
+        (call $show (call $call (i32.const 48) (i32.const 18) (i32.const 96) (i32.const 80) (i32.const 2)))
+        (i32.const 0))
+    """, ("call", "log"))
+    host.install("peeker", wat, methods=["query:"])
+    replies = [json.loads(m) for m in re.findall(r"\[peeker\] (\{.*\})", host.daemon.log())]
+    assert len(replies) == 2 and all("ok" in r for r in replies), replies
+    libs, jobs = replies[0]["ok"], replies[1]["ok"]
+    assert [lib["id"] for lib in libs] == [host.lib]  # not host.other
+    assert jobs == []  # test-extension's jobs in the same library stay invisible
+    assert any(j["id"] == companion for j in host.client.call("query:jobs.list.v1", {}, host.lib))
+    host.healthy(companion)

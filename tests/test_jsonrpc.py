@@ -176,3 +176,18 @@ def test_out_of_order_many_overlapping(daemon: Daemon) -> None:
     got = {c.line()["id"] for _ in range(50)}
     assert got == set(range(50))
     c.close()
+
+
+def test_pipelined_slow_requests_are_bounded_and_all_answered(daemon: Daemon) -> None:
+    """3,000 slow requests pipelined on one connection: reading pauses at the in-flight cap,
+    every request is still answered, and other clients are served meanwhile."""
+    c = Conn(daemon.socket)
+    n = 3000
+    c.send(b"".join(req("query:test.sleep.v1", i, {"seconds": 0.2}) for i in range(n)))
+    time.sleep(0.1)
+    t = time.monotonic()
+    assert one(daemon, req("query:core.status.v1"))["result"]["pid"] == daemon.proc.pid
+    assert time.monotonic() - t < 1.0
+    got = {c.line()["id"] for _ in range(n)}
+    assert got == set(range(n))
+    c.close()

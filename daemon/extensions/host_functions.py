@@ -84,6 +84,8 @@ class HostEnv:
     limits: ExtensionLimits
     log_limiter: LogLimiter
     deadline_ticks: int
+    # Set when the extension is unloaded: its still-running guests lose their rights.
+    revoked: threading.Event
     phase: str = "init"  # "init" | "job" | "cleanup"
     job_id: str | None = None
     registered: list[RegisteredJob] = field(default_factory=list)
@@ -140,7 +142,8 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
             return reply(hc, error_body(errors.TooLarge(
                 f"payload of {payload_len} bytes exceeds the limit of {limits.max_payload_bytes}")))
         payload = hc.read(payload_ptr, payload_len)
-        hc_deadline(hc)
+        if env.revoked.is_set():
+            raise GuestCallError(f"extension {env.extension_id} was unloaded")
         try:
             result = env.dispatch(method, library_id, payload, env.caller)
             body = b'{"ok":' + _enc.encode(result) + b"}"
@@ -149,6 +152,7 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
         except Exception as e:
             log.exception("extension %s: %s failed", env.extension_id, method)
             body = error_body(errors.InternalError(f"internal error: {type(e).__name__}: {e}"))
+        hc_deadline(hc)  # time spent in the host is not the guest's
         if len(body) > limits.max_reply_bytes:
             body = error_body(errors.TooLarge(
                 f"reply of {len(body)} bytes exceeds the limit of {limits.max_reply_bytes}"))
@@ -195,10 +199,13 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
             ctx.add_warning("checkpoint refused: the state is not valid JSON")
             return 3
         ctx.checkpoint_raw(state)
+        hc_deadline(hc)  # waiting for the database is not the guest's time
         return 0
 
     def job_check_interrupt(hc: HostCall, a: tuple[Any, ...]) -> int:
         ctx = env.job_context(hc, a[0])
+        if env.revoked.is_set():
+            raise GuestCallError(f"extension {env.extension_id} was unloaded")
         hc_deadline(hc)  # a job that checks in regularly may run as long as it likes
         return int(ctx.check_interrupt())
 

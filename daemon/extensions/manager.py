@@ -8,8 +8,8 @@ Invariants:
 - an extension is loaded again at daemon start iff it was loaded when the
   daemon stopped (``<plugin-dir>/loaded.json``);
 - unloading asks the extension's running jobs to pause at their next check and
-  waits for them; they stay paused with their checkpoint, to be resumed once
-  it is loaded again;
+  waits for them; they stay paused with their checkpoint until resumed
+  (``sd job resume``) once it is loaded again;
 - every guest call runs off the event loop, on a thread of its own.
 """
 
@@ -94,6 +94,9 @@ class Plugin:
     load_ms: float | None = None
     from_cache: bool | None = None
     log_limiter: LogLimiter = field(default_factory=LogLimiter)
+    revoked: threading.Event = field(default_factory=threading.Event)
+    # Bounds the extension's running jobs; taken before a global job slot (JobType.gate).
+    gate: asyncio.Semaphore | None = None
 
 
 class PluginManager:
@@ -112,7 +115,8 @@ class PluginManager:
         self._lock = asyncio.Lock()
         job_types.register(JobType(
             "wasm_job", True, WasmJobInput, self._run_job,
-            "a job exported by a WebAssembly extension", owner=lambda i: i.extension_id))
+            "a job exported by a WebAssembly extension", owner=lambda i: i.extension_id,
+            gate=self._job_gate))
 
     @classmethod
     def for_core(cls, core: Core) -> PluginManager:
@@ -251,6 +255,8 @@ class PluginManager:
                 self._bus.publish(ExtensionFailed(extension_id=ext_id, error=e.message))
                 log.error("extension %s failed to load: %s", ext_id, e.message)
                 raise
+            plugin.gate = asyncio.Semaphore(min(
+                manifest.permissions.rate_limits.concurrent_jobs, self.limits.concurrent_jobs))
             self._plugins[ext_id] = plugin
             self._remember(ext_id, True)
             log.info("extension %s %s loaded (%d jobs, %.1f ms%s)", ext_id, manifest.version,
@@ -266,8 +272,6 @@ class PluginManager:
         check_module_abi(module)
         plugin.module, plugin.from_cache = module, cached
         plugin.policy = ExtensionPolicy(m, self.limits)
-        plugin.job_slots = threading.BoundedSemaphore(
-            min(m.permissions.rate_limits.concurrent_jobs, self.limits.concurrent_jobs))
         env = self._env(plugin, "init")
         plugin.main = GuestInstance(self.runtime.engine, module, env,
                                     self._memory_bytes(m), self.limits)
@@ -298,6 +302,8 @@ class PluginManager:
         deadline = time.monotonic() + grace
         while self._running_contexts(ext_id) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        # A guest still running now ignored the pause: it loses its rights from here on.
+        plugin.revoked.set()
         if plugin.state == "loaded":
             await self._cleanup(plugin)
         log.info("extension %s unloaded (%d running jobs asked to pause)", ext_id, len(running))
@@ -325,9 +331,22 @@ class PluginManager:
         plugin.state = "unloaded"
 
     # --- running jobs -------------------------------------------------------------------------
+    def _job_gate(self, inp: WasmJobInput) -> asyncio.Semaphore | None:
+        plugin = self._plugins.get(inp.extension_id)
+        return None if plugin is None else plugin.gate
+
     def _run_job(self, ctx: JobContext, inp: WasmJobInput) -> Any:
-        """The ``wasm_job`` handler; runs on the job's own thread."""
-        plugin = self._loaded(inp.extension_id)
+        """The ``wasm_job`` handler; runs on the job's own thread.
+
+        A job whose extension is not loaded pauses (its checkpoint kept) instead of
+        failing: it can be resumed once the extension is loaded again.
+        """
+        plugin = self._plugins.get(inp.extension_id)
+        if plugin is None or plugin.state != "loaded":
+            ctx.add_warning(f"paused: extension {inp.extension_id} is not loaded; "
+                            f"resume the job once it is")
+            ctx.request(Interrupt.PAUSE, "extension not loaded")
+            raise Interrupted()
         job = next((j for j in plugin.jobs.values() if j.export == inp.export_fn), None)
         if job is None:
             raise errors.ExtensionError(
@@ -342,21 +361,13 @@ class PluginManager:
             _json.decode(state)
         except msgspec.DecodeError as e:
             raise errors.InvalidParams(f"state_json is not valid JSON: {e}") from None
-        slots = plugin.job_slots
-        assert slots is not None
-        while not slots.acquire(timeout=0.1):
-            if ctx.check_interrupt() is not Interrupt.CONTINUE:
-                raise Interrupted()
-        try:
-            env = self._env(plugin, "job")
-            env.job_id = ctx.job_id
-            instance = GuestInstance(self.runtime.engine, plugin.module, env,
-                                     self._memory_bytes(plugin.manifest), self.limits)
-            ctx_json = _enc.encode(JobCtxJson(ctx.job_id, ctx.library_id, inp.extension_id,
-                                              ctx.resumed))
-            code = instance.run_job(job.export, ctx_json, state)
-        finally:
-            slots.release()
+        env = self._env(plugin, "job")
+        env.job_id = ctx.job_id
+        instance = GuestInstance(self.runtime.engine, plugin.module, env,
+                                 self._memory_bytes(plugin.manifest), self.limits)
+        ctx_json = _enc.encode(JobCtxJson(ctx.job_id, ctx.library_id, inp.extension_id,
+                                          ctx.resumed))
+        code = instance.run_job(job.export, ctx_json, state)
         if code == 0:
             return None if ctx.checkpoint_bytes is None else _json.decode(ctx.checkpoint_bytes)
         if code == 1:
@@ -381,7 +392,7 @@ class PluginManager:
         assert plugin.policy is not None
         caller = Caller(EXTENSION, extension_id=plugin.manifest.id, policy=plugin.policy)
         return HostEnv(plugin.manifest.id, caller, self._dispatch, self._contexts, self.limits,
-                       plugin.log_limiter, self._deadline_ticks, phase=phase)
+                       plugin.log_limiter, self._deadline_ticks, plugin.revoked, phase=phase)
 
     def _memory_bytes(self, m: Manifest) -> int:
         return min(m.permissions.max_memory_mb, self.limits.max_memory_mb) * 1024 * 1024

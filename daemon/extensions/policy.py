@@ -3,7 +3,7 @@
 Operations registered with ``explicit_grant=True`` (reading file bytes, adding
 locations) need their exact name in ``permissions.methods``; a prefix is not enough.
 
-Checked by the dispatcher for every ``spacedrive_call`` (``Dispatcher.prepare``),
+Checked by the dispatcher for every ``spacedrive_call`` (``Dispatcher.start``),
 the same place every socket request is checked.
 """
 

@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from importlib import metadata
 from pathlib import Path
 
@@ -175,9 +174,6 @@ def job_export_ok(module: wasmtime.Module, name: str) -> bool:
 def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
-
-def now_ms() -> float:
-    return time.monotonic() * 1000.0
 
 
 def _child_main(out: str) -> int:

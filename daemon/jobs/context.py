@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sd.jobs")
 
+# A job keeps this many warnings (then counts them) and logs the first few.
+MAX_WARNINGS = 1000
+MAX_LOGGED_WARNINGS = 100
 # At most this many progress events per second per job; the last one always follows.
 PROGRESS_EVENTS_PER_S = 10
 _MIN_GAP = 1.0 / PROGRESS_EVENTS_PER_S
@@ -118,9 +121,18 @@ class JobContext:
         self._changed()
 
     def add_warning(self, message: str) -> None:
+        """Record a warning; past MAX_WARNINGS they are only counted (in the last entry)."""
         with self._lock:
-            self.warnings.append(message)
-        log.warning("job %s (%s): %s", self.job_id, self.name, message)
+            n = len(self.warnings)
+            if n < MAX_WARNINGS:
+                self.warnings.append(message)
+            elif n == MAX_WARNINGS:
+                self.warnings.append("1 more warning not kept")
+            else:
+                more = int(self.warnings[-1].split(" ", 1)[0]) + 1
+                self.warnings[-1] = f"{more} more warnings not kept"
+        if n < MAX_LOGGED_WARNINGS:
+            log.warning("job %s (%s): %s", self.job_id, self.name, message)
 
     def log(self, message: str, level: int = logging.INFO) -> None:
         log.log(level, "job %s (%s): %s", self.job_id, self.name, message)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import functools
 import logging
 import threading
@@ -38,6 +39,7 @@ from daemon.jobs.types import JobRegistry, JobType
 from daemon.libraries.db import Database
 
 log = logging.getLogger("sd.jobs")
+MAX_EVENT_OUTPUT_BYTES = 64 * 1024
 T = TypeVar("T")
 _enc = msgspec.json.Encoder()
 
@@ -136,6 +138,7 @@ class JobManager:
         self._contexts = contexts
         self._loop = asyncio.get_running_loop()
         self._running: dict[str, JobContext] = {}
+        self._starting: set[str] = set()  # between taking a slot and running
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._waiters: dict[str, list[asyncio.Future[store.JobRow]]] = {}
         self._closing = False
@@ -160,7 +163,7 @@ class JobManager:
         """
         self._closing = True
         for job_id, task in list(self._tasks.items()):
-            if job_id not in self._running:
+            if job_id not in self._running and job_id not in self._starting:
                 task.cancel()  # still waiting for a slot: it stays queued in the db
         for ctx in self._running.values():
             jt = self._types.get(ctx.name) if ctx.name in self._types else None
@@ -259,9 +262,6 @@ class JobManager:
                 return "cancelled"
         raise errors.InvalidState(f"job {job_id} is {row.status}; it cannot be cancelled")
 
-    def running_count(self) -> int:
-        return len(self._running)
-
     # --- internals ---------------------------------------------------------------------
     async def _row(self, job_id: str) -> store.JobRow:
         row = await self._db.run(lambda c: store.get(c, job_id))
@@ -301,18 +301,38 @@ class JobManager:
             del self._tasks[job_id]
 
     async def _run(self, job_id: str) -> None:
-        async with self._slots:
+        row = await self._db.run(lambda c: store.get(c, job_id))
+        if row is None or row.status != "queued":
+            return
+        try:
+            jt = self._types.get(row.name)
+            value = self._types.decode_input(jt, row.input)
+        except errors.SdError as e:
+            await self._fail(row, f"cannot start: {e.message}", None)
+            return
+        # A per-type gate (an extension's concurrent_jobs) is taken before the global
+        # slot, so jobs waiting on their gate never hold a slot other jobs could use.
+        gate = jt.gate(value) if jt.gate is not None else None
+        async with gate if gate is not None else contextlib.nullcontext():
+            async with self._slots:
+                ctx = await self._start(job_id, jt)
+                if ctx is None:
+                    return
+                try:
+                    await self._execute(jt, ctx, value, row)
+                finally:
+                    self._running.pop(job_id, None)
+                    self._contexts.unregister(job_id)
+
+    async def _start(self, job_id: str, jt: JobType) -> JobContext | None:
+        """Move a queued job to running and register its context; None if it must not run."""
+        self._starting.add(job_id)
+        try:
             if self._closing:
-                return
+                return None
             row = await self._db.run(lambda c: store.get(c, job_id))
             if row is None or row.status != "queued":
-                return  # paused or cancelled while it waited
-            try:
-                jt = self._types.get(row.name)
-                value = self._types.decode_input(jt, row.input)
-            except errors.SdError as e:
-                await self._fail(row, f"cannot start: {e.message}", None)
-                return
+                return None  # paused or cancelled while it waited
             resumed = row.checkpoint is not None
             ctx = JobContext(
                 job_id=job_id, library_id=self.library_id, name=row.name, resumed=resumed,
@@ -321,16 +341,18 @@ class JobManager:
                 items=row.items, bytes_=row.bytes, warnings=row.warnings)
             if not await self._db.run(lambda c: store.transition(
                     c, job_id, "running", expect=("queued",))):
-                return
+                return None
+            if self._closing:  # shutdown began while the row was being written
+                await self._db.run(lambda c: store.transition(
+                    c, job_id, "queued", expect=("running",), note="daemon stopping"))
+                return None
             self._running[job_id] = ctx
             self._contexts.register(ctx)
-            self._bus.publish(JobStarted(library_id=self.library_id, job_id=job_id,
-                                         name=row.name, resumed=resumed))
-            try:
-                await self._execute(jt, ctx, value, row)
-            finally:
-                self._running.pop(job_id, None)
-                self._contexts.unregister(job_id)
+        finally:
+            self._starting.discard(job_id)
+        self._bus.publish(JobStarted(library_id=self.library_id, job_id=job_id,
+                                     name=row.name, resumed=resumed))
+        return ctx
 
     async def _execute(self, jt: JobType, ctx: JobContext, value: Any, row: store.JobRow) -> None:
         job_id = row.id
@@ -345,15 +367,18 @@ class JobManager:
                 await self._db.run(lambda c: store.transition(
                     c, job_id, "paused", expect=("running",), progress=ctx.snapshot(),
                     pause_reason="shutdown", note="paused for shutdown"))
+                self._bus.publish(JobPaused(library_id=self.library_id, job_id=job_id, name=row.name))
                 return
             if ctx.interrupt is Interrupt.CANCEL:
                 await self._db.run(lambda c: store.transition(
                     c, job_id, "cancelled", expect=("running",), progress=ctx.snapshot()))
                 self._finished(job_id, row.name, "cancelled", None, None)
             else:
+                # "user", "unload", "extension not loaded": all wait for an explicit resume.
+                reason = ctx.interrupt_reason or "user"
                 await self._db.run(lambda c: store.transition(
                     c, job_id, "paused", expect=("running",), progress=ctx.snapshot(),
-                    pause_reason="user"))
+                    pause_reason=reason, note=None if reason == "user" else reason))
                 self._bus.publish(JobPaused(library_id=self.library_id, job_id=job_id, name=row.name))
             return
         except asyncio.CancelledError:
@@ -373,7 +398,9 @@ class JobManager:
             return
         await self._db.run(lambda c: store.transition(
             c, job_id, "completed", expect=("running",), progress=ctx.snapshot(), output=output_json))
-        self._finished(job_id, row.name, "completed", output, None)
+        # Events carry small outputs only; a subscriber's queue must not hold megabytes.
+        small = len(output_json) <= MAX_EVENT_OUTPUT_BYTES
+        self._finished(job_id, row.name, "completed", output if small else None, None)
 
     async def _fail(self, row: store.JobRow, message: str, ctx: JobContext | None) -> None:
         progress = ctx.snapshot() if ctx is not None else None

@@ -8,6 +8,7 @@ thread for the whole run).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ class JobType:
     description: str = ""
     # Which extension a job of this type belongs to, read from its input (wasm_job).
     owner: Callable[[Any], str | None] | None = None
+    # A semaphore a job of this type must hold before it takes a global job slot
+    # (an extension's concurrent_jobs), so waiting for it never blocks other jobs.
+    gate: Callable[[Any], asyncio.Semaphore | None] | None = None
     is_async: bool = field(init=False)
 
     def __post_init__(self) -> None:

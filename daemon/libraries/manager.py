@@ -130,8 +130,8 @@ class LibraryManager:
         return len(self._libraries)
 
     async def delete_library(self, library_id: str) -> None:
-        lib = self.get(library_id)
         async with self._lock:
+            lib = self.get(library_id)
             del self._libraries[library_id]
             await lib.jobs.shutdown(grace=2.0)
             await lib.db.close()

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from daemon import errors
 from daemon.jobs.manager import JobInfo
 from rpc.registry import CLIENTS_ONLY, OPERATIONS, Empty
 
@@ -40,14 +41,18 @@ class JobTypeInfo(msgspec.Struct):
 
 @OPERATIONS.register("query:jobs.list.v1", ListJobs, library=True)
 async def list_jobs(ctx: OpContext, inp: ListJobs) -> list[JobInfo]:
-    """Jobs of the library, newest first."""
-    return await ctx.need_library().jobs.list(inp.status, max(1, min(inp.limit, 10_000)))
+    """Jobs of the library, newest first (an extension sees only its own)."""
+    jobs = await ctx.need_library().jobs.list(inp.status, max(1, min(inp.limit, 10_000)))
+    return [j for j in jobs if ctx.caller.sees_job(j.extension_id)]
 
 
 @OPERATIONS.register("query:jobs.info.v1", JobInfoInput, library=True)
 async def info(ctx: OpContext, inp: JobInfoInput) -> JobInfo:
-    """One job, with live progress while it runs."""
-    return await ctx.need_library().jobs.info(inp.id, transitions=inp.transitions)
+    """One job, with live progress while it runs (an extension sees only its own)."""
+    info = await ctx.need_library().jobs.info(inp.id, transitions=inp.transitions)
+    if not ctx.caller.sees_job(info.extension_id):
+        raise errors.NotFound(f"no job {inp.id} in library {info.library_id}")
+    return info
 
 
 @OPERATIONS.register("query:jobs.types.v1", Empty, library=True)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from daemon import errors
 from daemon.libraries.manager import LibraryInfo
 from rpc.registry import CLIENTS_ONLY, OPERATIONS, Empty
 
@@ -23,13 +24,15 @@ class CreateLibrary(msgspec.Struct, forbid_unknown_fields=True):
 
 @OPERATIONS.register("query:libraries.list.v1")
 async def list_libraries(ctx: OpContext, _: Empty) -> list[LibraryInfo]:
-    """Every library, oldest first."""
-    return [lib.info() for lib in ctx.core.libraries.list()]
+    """Every library, oldest first (an extension sees those its manifest grants)."""
+    return [lib.info() for lib in ctx.core.libraries.list() if ctx.caller.sees_library(lib.id)]
 
 
 @OPERATIONS.register("query:libraries.info.v1", LibraryId)
 async def info(ctx: OpContext, inp: LibraryId) -> LibraryInfo:
     """One library."""
+    if not ctx.caller.sees_library(inp.id):
+        raise errors.PermissionDenied(f"{ctx.caller.describe()} has no access to library {inp.id}")
     return ctx.core.libraries.get(inp.id).info()
 
 
