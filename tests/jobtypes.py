@@ -78,3 +78,16 @@ TEST_JOB_TYPES = [
     JobType("test.noop_async", False, Empty, noop_async),
     JobType("test.sleep", False, Sleep, sleeper, "not resumable"),
 ]
+
+
+class Warn(msgspec.Struct):
+    count: int
+
+
+def warner(ctx: JobContext, inp: Warn) -> int:
+    for i in range(inp.count):
+        ctx.add_warning(f"w{i}")
+    return inp.count
+
+
+TEST_JOB_TYPES.append(JobType("test.warn", False, Warn, warner))

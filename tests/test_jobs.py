@@ -228,3 +228,12 @@ async def test_same_data_dir_twice_is_refused(core: Core) -> None:
     from daemon.core import DataDirLocked
     with pytest.raises(DataDirLocked, match="in use"):
         await open_core(core.data_dir)
+
+
+async def test_warnings_are_bounded(core: Core) -> None:
+    lib = await core.libraries.create_library("L")
+    job_id = await lib.jobs.dispatch_by_name("test.warn", {"count": 1500})
+    assert await (await lib.jobs.get_handle(job_id)).wait() == 1500
+    warnings = (await lib.jobs.info(job_id)).warnings
+    assert len(warnings) == 1001
+    assert warnings[:2] == ["w0", "w1"] and warnings[-1] == "500 more warnings not kept"
