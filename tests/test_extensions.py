@@ -278,3 +278,32 @@ async def test_spacedrive_call_answers_like_the_socket(core: Core, tmp_path: Pat
         await server.stop()
     assert guest == {"ok": via_socket}
     assert via_socket == {"echo": {"n": [1, 2, {"x": "y"}], "s": "é"}}
+
+
+async def test_unloaded_guest_that_ignores_the_pause_loses_its_rights(core: Core, tmp_path: Path) -> None:
+    """A job looping on spacedrive_call (never checking for interruption) is cut off at unload."""
+    method, payload = "query:test.ping.v1", "{}"
+    wat = module(f"""
+      {data(16, method)}
+      {data(64, payload)}
+      (data (i32.const 8) "run")
+      (func (export "plugin_init") (result i32)
+        (call $register (i32.const 8) (i32.const 3) (i32.const 8) (i32.const 3) (i32.const 1)))
+      (func (export "run") (param i32 i32 i32 i32) (result i32)
+        (loop $forever
+          (global.set $bump (i32.const 4096))
+          (drop (call $call (i32.const 16) (i32.const {len(method)}) (i32.const 0)
+                            (i32.const 64) (i32.const 2)))
+          (br $forever))
+        (i32.const 0))
+    """, ("call", "register"))
+    pm = core.plugin_manager
+    await pm.install(make_extension(tmp_path / "src", "stubborn", wat))
+    lib = await core.libraries.create_library("L")
+    job_id = await lib.jobs.dispatch_by_name("wasm_job", {
+        "extension_id": "stubborn", "export_fn": "run", "state_json": "{}"})
+    while (await lib.jobs.info(job_id)).status != "running":
+        await asyncio.sleep(0.01)
+    await pm.unload_plugin("stubborn", grace=0.3)
+    with pytest.raises(JobFailed, match="extension stubborn was unloaded"):
+        await asyncio.wait_for((await lib.jobs.get_handle(job_id)).wait(), 10)
