@@ -329,7 +329,31 @@ class GuestTrap(GuestCallError):
 # --- host side ----------------------------------------------------------------
 
 
-class HostCall:
+class _BoundedMemory:
+    """``read``/``write`` over ``_checked_base``, which checks ``[ptr, ptr + len)``
+    against the memory's current size (raising the subclass's error) and returns
+    the memory's base address."""
+
+    __slots__ = ()
+
+    def _checked_base(self, ptr: int, length: int) -> int:
+        raise NotImplementedError
+
+    def read(self, ptr: int, length: int) -> bytes:
+        """Copy `length` bytes at guest address `ptr`."""
+        base = self._checked_base(ptr, length)
+        return ctypes.string_at(base + ptr, length) if length else b""
+
+    def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy `data` to guest address `ptr`."""
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        base = self._checked_base(ptr, len(data))
+        if data:
+            _memmove(base + ptr, data, len(data))
+
+
+class HostCall(_BoundedMemory):
     """View of the calling instance, valid only during one host-function invocation.
 
     Memory is found through the caller's export named ``memory``; its base and
@@ -398,19 +422,6 @@ class HostCall:
         """Current size of the guest's memory in bytes."""
         size: int = _memory_data_size(self._context(), self._memory())
         return size
-
-    def read(self, ptr: int, length: int) -> bytes:
-        """Copy `length` bytes at guest address `ptr`."""
-        base = self._checked_base(ptr, length)
-        return ctypes.string_at(base + ptr, length) if length else b""
-
-    def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None:
-        """Copy `data` to guest address `ptr`."""
-        if not isinstance(data, bytes):
-            data = bytes(data)
-        base = self._checked_base(ptr, len(data))
-        if data:
-            _memmove(base + ptr, data, len(data))
 
     def set_epoch_deadline(self, ticks: int) -> None:
         """Give the calling guest ``ticks`` more epoch ticks before it is interrupted."""
@@ -679,11 +690,11 @@ class RawFunc:
             ) from None
 
 
-class RawMemory:
+class RawMemory(_BoundedMemory):
     """A guest's linear memory, accessed from Python outside host functions.
 
     Base and size are re-read on every access: any call into the guest may grow
-    (and so move) the memory.
+    (and so move) the memory. Out-of-bounds access raises IndexError.
     """
 
     __slots__ = ("_extern", "_mem", "_store")
@@ -706,18 +717,6 @@ class RawMemory:
         base: int = _memory_data(ctx, self._mem) or 0
         return base
 
-    def read(self, ptr: int, length: int) -> bytes:
-        """Copy `length` bytes at guest address `ptr`; IndexError if outside memory."""
-        base = self._checked_base(ptr, length)
-        return ctypes.string_at(base + ptr, length) if length else b""
-
-    def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None:
-        """Copy `data` to guest address `ptr`; IndexError if outside memory."""
-        if not isinstance(data, bytes):
-            data = bytes(data)
-        base = self._checked_base(ptr, len(data))
-        if data:
-            _memmove(base + ptr, data, len(data))
 
 
 class RawInstance:
