@@ -52,6 +52,7 @@ class Core:
         self.plugin_manager: PluginManager | None = None
         self.dispatcher: Dispatcher
         self._closed = False
+        self._jobs_started = False
         self._shutdown_callbacks: list[Callable[[], None]] = []
 
     @classmethod
@@ -86,6 +87,9 @@ class Core:
             if load_extensions:
                 await core.plugin_manager.start(config.bundled_extensions)
             await core.libraries.start_jobs()
+            core._jobs_started = True
+            for ext_id in await core.plugin_manager.list_plugins():
+                await core.resume_extension_jobs(ext_id)
         except BaseException:
             await core.shutdown()
             raise
@@ -102,6 +106,15 @@ class Core:
             "extensions": 0 if self.plugin_manager is None else self.plugin_manager.loaded_count(),
             "subscribers": self.events.subscriber_count,
         }
+
+    async def resume_extension_jobs(self, extension_id: str) -> None:
+        """Jobs paused because the extension was unloaded or missing continue, in every library."""
+        if not self._jobs_started:
+            return  # at start-up: done once the job managers have recovered
+        for lib in self.libraries.list():
+            n = await lib.jobs.resume_extension_jobs(extension_id)
+            if n:
+                log.info("resumed %d job(s) of extension %s in library %s", n, extension_id, lib.id)
 
     def on_shutdown_request(self, callback: Callable[[], None]) -> None:
         """``callback`` runs when a client asks the daemon to stop."""

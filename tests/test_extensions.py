@@ -168,15 +168,14 @@ async def test_unknown_export_and_unloaded_extension(core: Core) -> None:
         await (await lib.jobs.get_handle(bad)).wait()
 
 
-async def test_job_of_an_unloaded_extension_pauses_until_resumed(core: Core) -> None:
+async def test_job_of_an_unloaded_extension_pauses_until_it_is_loaded(core: Core) -> None:
     """Never lost: a queued job whose extension is not loaded pauses, and runs once it is."""
     lib = await core.libraries.create_library("L")
     job_id = await lib.jobs.dispatch_by_name("wasm_job", counter_input(3))
     while (info := await lib.jobs.info(job_id)).status != "paused":
         await asyncio.sleep(0.01)
     assert any("test-extension is not loaded" in w for w in info.warnings)
-    await core.plugin_manager.load_plugin("test-extension")
-    await lib.jobs.resume(job_id)
+    await core.plugin_manager.load_plugin("test-extension")  # resumes it
     assert (await (await lib.jobs.get_handle(job_id)).wait())["current"] == 3
 
 
@@ -211,8 +210,9 @@ async def test_unload_pauses_running_jobs_and_reload_resumes(core: Core) -> None
     info = await lib.jobs.info(job_id)
     assert info.status == "paused" and 3 <= info.checkpoint["current"] < 100
     assert "test-extension" not in await pm.list_plugins()
-    await pm.load_plugin("test-extension")
-    await lib.jobs.resume(job_id)
+    await asyncio.sleep(0.1)
+    assert (await lib.jobs.info(job_id)).status == "paused"  # stays paused while unloaded
+    await pm.load_plugin("test-extension")  # and continues by itself once loaded
     assert (await (await lib.jobs.get_handle(job_id)).wait())["current"] == 100
 
 
@@ -307,3 +307,18 @@ async def test_unloaded_guest_that_ignores_the_pause_loses_its_rights(core: Core
     await pm.unload_plugin("stubborn", grace=0.3)
     with pytest.raises(JobFailed, match="extension stubborn was unloaded"):
         await asyncio.wait_for((await lib.jobs.get_handle(job_id)).wait(), 10)
+
+
+async def test_user_paused_job_is_not_resumed_by_a_load(core: Core) -> None:
+    pm = core.plugin_manager
+    await pm.load_plugin("test-extension")
+    lib = await core.libraries.create_library("L")
+    job_id = await lib.jobs.dispatch_by_name("wasm_job", counter_input(100, spin=3_000_000))
+    while (await lib.jobs.info(job_id)).items < 2:
+        await asyncio.sleep(0.01)
+    await lib.jobs.pause(job_id)
+    while (await lib.jobs.info(job_id)).status != "paused":
+        await asyncio.sleep(0.01)
+    await pm.reload_plugin("test-extension")
+    await asyncio.sleep(0.1)
+    assert (await lib.jobs.info(job_id)).status == "paused"  # the user's pause stands

@@ -8,8 +8,9 @@ Invariants:
 - an extension is loaded again at daemon start iff it was loaded when the
   daemon stopped (``<plugin-dir>/loaded.json``);
 - unloading asks the extension's running jobs to pause at their next check and
-  waits for them; they stay paused with their checkpoint until resumed
-  (``sd job resume``) once it is loaded again;
+  waits for them; they stay paused with their checkpoint and resume by
+  themselves when the extension is loaded again (as do jobs that found it
+  missing);
 - every guest call runs off the event loop, on a thread of its own.
 """
 
@@ -22,6 +23,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,7 +104,8 @@ class Plugin:
 class PluginManager:
     def __init__(self, *, bus: EventBus, dispatch: DispatchFn, plugin_dir: Path,
                  job_types: JobRegistry, contexts: ContextRegistry,
-                 limits: ExtensionLimits) -> None:
+                 limits: ExtensionLimits,
+                 on_loaded: Callable[[str], Awaitable[object]] | None = None) -> None:
         self.plugin_dir = plugin_dir
         self.plugin_dir.mkdir(parents=True, exist_ok=True)
         self._bus = bus
@@ -111,6 +114,7 @@ class PluginManager:
         self.limits = limits
         self.runtime = WasmRuntime(plugin_dir / ".cache", limits.epoch_tick_ms)
         self._deadline_ticks = self.runtime.ticks(limits.time_slice_ms)
+        self._on_loaded = on_loaded
         self._plugins: dict[str, Plugin] = {}
         self._lock = asyncio.Lock()
         job_types.register(JobType(
@@ -122,7 +126,8 @@ class PluginManager:
     def for_core(cls, core: Core) -> PluginManager:
         return cls(bus=core.events, dispatch=core.dispatcher.execute_from_thread,
                    plugin_dir=core.data_dir / "extensions", job_types=core.job_types,
-                   contexts=core.job_contexts, limits=core.config.extension_limits)
+                   contexts=core.job_contexts, limits=core.config.extension_limits,
+                   on_loaded=core.resume_extension_jobs)
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self, bundled: Path | None) -> None:
@@ -262,6 +267,8 @@ class PluginManager:
             log.info("extension %s %s loaded (%d jobs, %.1f ms%s)", ext_id, manifest.version,
                      len(plugin.jobs), plugin.load_ms or 0, ", cached" if plugin.from_cache else "")
             self._bus.publish(ExtensionLoaded(extension_id=ext_id, version=manifest.version))
+        if self._on_loaded is not None:
+            await self._on_loaded(ext_id)
 
     def _load_blocking(self, plugin: Plugin) -> None:
         t0 = time.perf_counter()

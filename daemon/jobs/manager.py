@@ -40,6 +40,8 @@ from daemon.libraries.db import Database
 
 log = logging.getLogger("sd.jobs")
 MAX_EVENT_OUTPUT_BYTES = 64 * 1024
+# Pause reasons that end by themselves when the job's extension is loaded again.
+EXTENSION_PAUSES = ("unload", "extension not loaded")
 T = TypeVar("T")
 _enc = msgspec.json.Encoder()
 
@@ -250,6 +252,13 @@ class JobManager:
         self._schedule(job_id)
         return "queued"
 
+    async def resume_extension_jobs(self, extension_id: str) -> int:
+        """Resume the jobs that paused because ``extension_id`` was unloaded or missing."""
+        ids = await self._db.run(lambda c: store.paused_for(c, extension_id, EXTENSION_PAUSES))
+        for job_id in ids:
+            await self.resume(job_id)
+        return len(ids)
+
     async def cancel(self, job_id: str) -> str:
         row = await self._row(job_id)
         if row.status == "running" and job_id in self._running:
@@ -374,7 +383,8 @@ class JobManager:
                     c, job_id, "cancelled", expect=("running",), progress=ctx.snapshot()))
                 self._finished(job_id, row.name, "cancelled", None, None)
             else:
-                # "user", "unload", "extension not loaded": all wait for an explicit resume.
+                # "user" waits for an explicit resume; EXTENSION_PAUSES end when the
+                # extension is loaded again (PluginManager's on_loaded).
                 reason = ctx.interrupt_reason or "user"
                 await self._db.run(lambda c: store.transition(
                     c, job_id, "paused", expect=("running",), progress=ctx.snapshot(),

@@ -99,6 +99,14 @@ def list_jobs(conn: sqlite3.Connection, status: str | None, limit: int) -> list[
     return [_row(r) for r in rows]
 
 
+def paused_for(conn: sqlite3.Connection, extension_id: str, reasons: tuple[str, ...]) -> list[str]:
+    """Paused jobs of an extension whose pause had one of ``reasons``, in FIFO order."""
+    return [r[0] for r in conn.execute(
+        f"SELECT id FROM jobs WHERE status = 'paused' AND extension_id = ? "
+        f"AND pause_reason IN ({', '.join('?' * len(reasons))}) ORDER BY queued_at, seq",
+        (extension_id, *reasons))]
+
+
 def queued_ids(conn: sqlite3.Connection) -> list[str]:
     """Queued jobs in FIFO order."""
     return [r[0] for r in conn.execute(
