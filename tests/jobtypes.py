@@ -91,3 +91,14 @@ def warner(ctx: JobContext, inp: Warn) -> int:
 
 
 TEST_JOB_TYPES.append(JobType("test.warn", False, Warn, warner))
+
+
+class Big(msgspec.Struct):
+    size: int
+
+
+def big_output(ctx: JobContext, inp: Big) -> str:
+    return "x" * inp.size
+
+
+TEST_JOB_TYPES.append(JobType("test.big_output", False, Big, big_output))

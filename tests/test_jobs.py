@@ -237,3 +237,26 @@ async def test_warnings_are_bounded(core: Core) -> None:
     warnings = (await lib.jobs.info(job_id)).warnings
     assert len(warnings) == 1001
     assert warnings[:2] == ["w0", "w1"] and warnings[-1] == "500 more warnings not kept"
+
+
+async def test_completed_event_carries_only_small_outputs(core: Core) -> None:
+    lib = await core.libraries.create_library("L")
+    sub = core.events.subscribe(["job.completed"])
+    small = await lib.jobs.dispatch_by_name("test.big_output", {"size": 10})
+    big = await lib.jobs.dispatch_by_name("test.big_output", {"size": 200_000})
+    for j in (small, big):
+        await (await lib.jobs.get_handle(j)).wait()
+    events = {ev.job_id: ev for ev in [await asyncio.wait_for(sub.get(), 5) for _ in range(2)]}
+    assert events[small].output == "x" * 10
+    assert events[big].output is None  # too large for an event ...
+    assert (await lib.jobs.info(big)).output == "x" * 200_000  # ... but kept with the job
+
+
+async def test_concurrent_deletes_of_one_library(core: Core) -> None:
+    from daemon.errors import LibraryNotFound
+    lib = await core.libraries.create_library("L")
+    results = await asyncio.gather(core.libraries.delete_library(lib.id),
+                                   core.libraries.delete_library(lib.id), return_exceptions=True)
+    assert results.count(None) == 1
+    assert sum(isinstance(r, LibraryNotFound) for r in results) == 1
+    assert len(core.libraries) == 0
