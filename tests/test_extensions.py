@@ -7,8 +7,9 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import BUILT_EXTENSIONS
@@ -27,6 +28,16 @@ def counter_input(target: int, current: int = 0, spin: int = 0) -> dict[str, str
         state["spin"] = spin
     return {"extension_id": "test-extension", "export_fn": "execute_test_counter",
             "state_json": json.dumps(state)}
+
+
+async def info_when(lib: Any, job_id: str, pred: Callable[[Any], bool],
+                    timeout: float = 30.0) -> Any:
+    """Poll ``jobs.info`` until ``pred`` holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not pred(info := await lib.jobs.info(job_id)):
+        assert time.monotonic() < deadline, info
+        await asyncio.sleep(0.01)
+    return info
 
 
 async def new_core(data_dir: Path, **cfg: object) -> Core:
@@ -114,11 +125,9 @@ async def test_pause_and_resume_continue_from_checkpoint(core: Core,
     await core.plugin_manager.load_plugin("test-extension")
     lib = await core.libraries.create_library("L")
     job_id = await lib.jobs.dispatch_by_name("wasm_job", counter_input(60, spin=3_000_000))
-    while (await lib.jobs.info(job_id)).items < 5:
-        await asyncio.sleep(0.01)
+    await info_when(lib, job_id, lambda i: i.items >= 5)
     await lib.jobs.pause(job_id)
-    while (await lib.jobs.info(job_id)).status != "paused":
-        await asyncio.sleep(0.01)
+    await info_when(lib, job_id, lambda i: i.status == "paused")
     at = (await lib.jobs.info(job_id)).checkpoint["current"]
     assert 5 <= at < 60
     await lib.jobs.resume(job_id)
@@ -135,8 +144,7 @@ async def test_cancel(core: Core) -> None:
     await core.plugin_manager.load_plugin("test-extension")
     lib = await core.libraries.create_library("L")
     job_id = await lib.jobs.dispatch_by_name("wasm_job", counter_input(10_000, spin=1_000_000))
-    while (await lib.jobs.info(job_id)).items < 2:
-        await asyncio.sleep(0.01)
+    await info_when(lib, job_id, lambda i: i.items >= 2)
     await lib.jobs.cancel(job_id)
     with pytest.raises(JobCancelled):
         await (await lib.jobs.get_handle(job_id)).wait()
@@ -172,8 +180,7 @@ async def test_job_of_an_unloaded_extension_pauses_until_it_is_loaded(core: Core
     """Never lost: a queued job whose extension is not loaded pauses, and runs once it is."""
     lib = await core.libraries.create_library("L")
     job_id = await lib.jobs.dispatch_by_name("wasm_job", counter_input(3))
-    while (info := await lib.jobs.info(job_id)).status != "paused":
-        await asyncio.sleep(0.01)
+    info = await info_when(lib, job_id, lambda i: i.status == "paused")
     assert any("test-extension is not loaded" in w for w in info.warnings)
     await core.plugin_manager.load_plugin("test-extension")  # resumes it
     assert (await (await lib.jobs.get_handle(job_id)).wait())["current"] == 3
@@ -204,8 +211,7 @@ async def test_unload_pauses_running_jobs_and_reload_resumes(core: Core) -> None
     await pm.load_plugin("test-extension")
     lib = await core.libraries.create_library("L")
     job_id = await lib.jobs.dispatch_by_name("wasm_job", counter_input(100, spin=3_000_000))
-    while (await lib.jobs.info(job_id)).items < 3:
-        await asyncio.sleep(0.01)
+    await info_when(lib, job_id, lambda i: i.items >= 3)
     await pm.unload_plugin("test-extension")
     info = await lib.jobs.info(job_id)
     assert info.status == "paused" and 3 <= info.checkpoint["current"] < 100
@@ -302,8 +308,7 @@ async def test_unloaded_guest_that_ignores_the_pause_loses_its_rights(core: Core
     lib = await core.libraries.create_library("L")
     job_id = await lib.jobs.dispatch_by_name("wasm_job", {
         "extension_id": "stubborn", "export_fn": "run", "state_json": "{}"})
-    while (await lib.jobs.info(job_id)).status != "running":
-        await asyncio.sleep(0.01)
+    await info_when(lib, job_id, lambda i: i.status == "running")
     await pm.unload_plugin("stubborn", grace=0.3)
     with pytest.raises(JobFailed, match="extension stubborn was unloaded"):
         await asyncio.wait_for((await lib.jobs.get_handle(job_id)).wait(), 10)
@@ -314,11 +319,9 @@ async def test_user_paused_job_is_not_resumed_by_a_load(core: Core) -> None:
     await pm.load_plugin("test-extension")
     lib = await core.libraries.create_library("L")
     job_id = await lib.jobs.dispatch_by_name("wasm_job", counter_input(100, spin=3_000_000))
-    while (await lib.jobs.info(job_id)).items < 2:
-        await asyncio.sleep(0.01)
+    await info_when(lib, job_id, lambda i: i.items >= 2)
     await lib.jobs.pause(job_id)
-    while (await lib.jobs.info(job_id)).status != "paused":
-        await asyncio.sleep(0.01)
+    await info_when(lib, job_id, lambda i: i.status == "paused")
     await pm.reload_plugin("test-extension")
     await asyncio.sleep(0.1)
     assert (await lib.jobs.info(job_id)).status == "paused"  # the user's pause stands
