@@ -97,6 +97,13 @@ class Daemon:
     def sd_json(self, *args: str) -> Any:
         return json.loads(self.sd("--json", *args, check=True).stdout)
 
+    def watch_job(self, job_id: str, library: str | None = None, timeout: float = 120) -> Any:
+        """``sd --json job watch``: wait for the job to end; it must complete. Returns its info."""
+        lib = ["--library", library] if library else []
+        r = self.sd("--json", "job", "watch", job_id, *lib, timeout=timeout)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
     def rpc(self, method: str, payload: Any = None, library_id: str | None = None) -> Any:
         """One raw JSON-RPC call over the socket; returns the whole response object."""
         req = {"jsonrpc": "2.0", "id": 1, "method": method,

@@ -236,8 +236,7 @@ def test_kill9_during_indexing_resumes_and_matches_tree(d: Daemon, tmpdir_short:
     wait_for(lambda: job(d, lib, job_id)["checkpoints"] >= 3)
     d.kill9()
     d.start()
-    r = d.sd("--json", "job", "watch", job_id, timeout=60)
-    assert r.returncode == 0, r.stdout + r.stderr
+    d.watch_job(job_id, lib)
     info = job(d, lib, job_id)
     assert info["status"] == "completed"
     notes = [t.get("note") or "" for t in info["transitions"]]
@@ -266,8 +265,7 @@ def test_kill9_during_the_extension_job(d: Daemon, tmpdir_short: Path) -> None:
     wait_for(lambda: job(d, lib, job_id)["checkpoints"] >= 4)
     d.kill9()
     d.start()
-    r = d.sd("--json", "job", "watch", job_id, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
+    d.watch_job(job_id, lib)
     info = job(d, lib, job_id)
     notes = [t.get("note") or "" for t in info["transitions"]]
     assert any("requeued after the daemon stopped" in n for n in notes), info["transitions"]

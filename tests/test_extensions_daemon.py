@@ -51,9 +51,7 @@ def test_kill9_mid_count_resumes(ext_daemon: Daemon) -> None:
     wait_for(lambda: job_info(d, lib, job)["checkpoints"] >= 5)
     d.kill9()
     d.start()
-    r = d.sd("--json", "job", "watch", job, timeout=120)
-    assert r.returncode == 0, r.stderr
-    info = json.loads(r.stdout.strip().splitlines()[-1])
+    info = d.watch_job(job, lib)
     assert info["status"] == "completed"
     assert info["output"]["current"] == info["output"]["target"] == 80
     starts = re.findall(r"Starting counter \(current: (\d+), target: 80\)", d.log())

@@ -37,9 +37,7 @@ def test_kill9_mid_job_resumes_from_checkpoint(daemon: Daemon, tmpdir_short: Pat
     daemon.kill9()
     first_pid_steps = [int(ln.split()[1]) for ln in record.read_text().splitlines()]
     daemon.start()
-    r = daemon.sd("--json", "job", "watch", job, "--library", lib, timeout=60)
-    assert r.returncode == 0, r.stderr
-    final = json.loads(r.stdout.strip().splitlines()[-1])
+    final = daemon.watch_job(job, lib)
     assert final["status"] == "completed"
     resumed_at = final["output"]["started_at"]
     assert resumed_at >= 8
