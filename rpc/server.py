@@ -115,6 +115,8 @@ class Connection(asyncio.Protocol):
         self._subscription: Subscription | None = None
         self._closed = False
         self._read_paused_for_tasks = False
+        self._eof = False  # the client shut down its sending side
+        self._requests = 0  # requests read but not yet answered
 
     # --- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -169,6 +171,23 @@ class Connection(asyncio.Protocol):
             buf.clear()
             self.close()
 
+    def eof_received(self) -> bool:
+        """The client half-closed: answer what was read, then close (True keeps it open)."""
+        self._eof = True
+        if self._buf.strip() and not self._closed:
+            line = bytes(self._buf)  # a last request without its newline
+            self._buf.clear()
+            self._handle(line)
+        if self._closed:
+            return False
+        self._close_if_done()
+        return True
+
+    def _close_if_done(self) -> None:
+        # A subscriber keeps reading events after it stops writing: it stays open.
+        if self._eof and not self._requests and self._subscription is None:
+            self.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.server.connections.discard(self)
@@ -202,6 +221,7 @@ class Connection(asyncio.Protocol):
             self._write(answer)
             return
         task = asyncio.ensure_future(self._answer_later(answer))
+        self._requests += 1
         self._tasks.add(task)
         self.server.in_flight.add(task)
         task.add_done_callback(self._request_done)
@@ -213,6 +233,10 @@ class Connection(asyncio.Protocol):
     def _request_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self.server.in_flight.discard(task)
+        self._requests -= 1
+        if self._eof and not self._closed:
+            self._close_if_done()
+            return
         if (self._read_paused_for_tasks and len(self._tasks) < MAX_IN_FLIGHT // 2
                 and self.transport is not None and not self._closed
                 and self._can_write.is_set() and not self.server.stopping):

