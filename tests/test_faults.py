@@ -7,10 +7,12 @@ Each test runs the real daemon; docs/reliability.md has the table of faults and 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 from pathlib import Path
 
-from conftest import Daemon
+from conftest import BUILT_EXTENSIONS, Daemon
 
 
 def half_closed_exchange(path: Path, data: bytes, timeout: float = 10.0) -> bytes:
@@ -50,3 +52,45 @@ def test_half_closed_client_gets_every_reply(daemon: Daemon) -> None:
     assert isinstance(replies[[isinstance(r, list) for r in replies].index(True)], list)
     # The daemon closed the connection once everything was answered (recv saw EOF) and serves on.
     assert daemon.rpc("query:test.ping.v1", {"x": 1})["result"] == {"echo": {"x": 1}}
+
+
+def test_damaged_module_cache_is_rebuilt_not_trusted(tmpdir_short: Path) -> None:
+    d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock",
+               extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS)]).start()
+    d.stop()
+    entries = sorted(p for p in (d.data_dir / "extensions" / ".cache").iterdir() if p.is_file())
+    assert len(entries) >= 2
+    # 4 KiB of garbage in the middle of one entry; a single flipped byte at the end of another.
+    with open(entries[0], "r+b") as f:
+        f.seek(entries[0].stat().st_size // 2)
+        f.write(os.urandom(4096))
+    with open(entries[1], "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0x01]))
+    d.start()
+    assert {e["id"]: e["state"] for e in d.sd_json("ext", "list")}["test-extension"] == "loaded"
+    d.sd("library", "create", "L", check=True)
+    r = d.sd("job", "run", "test-extension", "counter", "--state", '{"current":0,"target":3}', "--wait")
+    assert r.returncode == 0 and '"current":3' in r.stdout, r.stdout + r.stderr
+    for entry in entries[:2]:
+        assert f"module cache entry {entry} is damaged" in d.log()
+    d.stop()
+    # Rebuilt: the next start loads every extension from the cache, with no warning.
+    log_len = len(d.log())
+    d.start()
+    later = d.log()[log_len:]
+    assert "damaged" not in later and later.count("loaded (") == later.count(", cached)") >= 2
+    d.stop()
+
+
+def test_non_webassembly_module_is_named_as_such(daemon: Daemon, tmpdir_short: Path) -> None:
+    ext = tmpdir_short / "garbage-ext"
+    ext.mkdir()
+    shutil.copy(BUILT_EXTENSIONS / "test-extension" / "manifest.json", ext / "manifest.json")
+    (ext / "test_extension.wasm").write_bytes(b"\x7fELF" + os.urandom(2000))
+    r = daemon.sd("ext", "install", str(ext))
+    assert r.returncode == 1
+    assert "test_extension.wasm is not a WebAssembly module" in r.stderr, r.stderr
+    assert "utf-8" not in r.stderr

@@ -213,7 +213,8 @@ class PluginManager:
         if len(wasm) > MAX_WASM_BYTES:
             raise errors.ExtensionError(f"{manifest.wasm_file} is larger than {MAX_WASM_BYTES} bytes")
         # Compile and check the ABI before anything is copied.
-        module, _ = await asyncio.to_thread(self.runtime.compile, wasm)
+        module, _ = await asyncio.to_thread(self.runtime.compile, wasm,
+                                             str(source / manifest.wasm_file))
         check_module_abi(module)
         dest = self.plugin_dir / manifest.id
         same = (dest / "manifest.json").exists() and \
@@ -275,7 +276,7 @@ class PluginManager:
         m = plugin.manifest
         wasm = (plugin.directory / m.wasm_file).read_bytes()
         plugin.module_bytes = len(wasm)
-        module, cached = self.runtime.compile(wasm)
+        module, cached = self.runtime.compile(wasm, str(plugin.directory / m.wasm_file))
         check_module_abi(module)
         plugin.module, plugin.from_cache = module, cached
         plugin.policy = ExtensionPolicy(m, self.limits)

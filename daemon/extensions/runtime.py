@@ -2,9 +2,11 @@
 
 Compiled modules are cached on disk under ``<plugin-dir>/.cache/`` keyed by the
 module's SHA-256, the wasmtime version and the engine settings, so a second load
-of the same module skips Cranelift. A cache entry that fails to deserialize is
-ignored and rebuilt. The cache directory is private to the daemon (0700):
-deserializing a compiled artifact trusts its bytes.
+of the same module skips Cranelift. Deserializing compiled code trusts its bytes
+(a damaged entry can crash the process), so every entry carries a BLAKE3 of all
+of its artifact's bytes and is deserialized only after that hash matches; an
+entry that does not match is logged, removed and rebuilt. The cache directory is
+private to the daemon (0700).
 
 A module of 64 KiB or more is compiled in a short-lived child process
 (``python -m daemon.extensions.runtime OUT < module.wasm``): Cranelift keeps
@@ -17,6 +19,7 @@ artifact loads like any cache entry.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
 import subprocess
@@ -25,6 +28,7 @@ import threading
 from importlib import metadata
 from pathlib import Path
 
+import blake3
 import wasmtime
 
 from daemon.errors import ExtensionError
@@ -63,6 +67,32 @@ def func_sig(ty: wasmtime.FuncType) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 CHILD_COMPILE_MIN_BYTES = 64 * 1024
 _INVALID_MODULE_EXIT = 3
+WASM_MAGIC = b"\0asm"
+# A cache entry: this magic, the BLAKE3 of the artifact, then the artifact.
+_ENTRY_MAGIC = b"sd-cwasm-blake3\n"
+_DIGEST_LEN = 32
+
+
+def encode_entry(artifact: bytes | bytearray) -> bytes:
+    return _ENTRY_MAGIC + blake3.blake3(artifact).digest() + bytes(artifact)
+
+
+def verified_artifact(entry: bytes) -> bytes | None:
+    """The artifact of a cache entry whose every byte checks out, else None."""
+    head = len(_ENTRY_MAGIC) + _DIGEST_LEN
+    if len(entry) <= head or not entry.startswith(_ENTRY_MAGIC):
+        return None
+    artifact = entry[head:]
+    if not hmac.compare_digest(blake3.blake3(artifact).digest(), entry[len(_ENTRY_MAGIC):head]):
+        return None
+    return artifact
+
+
+def check_wasm_magic(wasm: bytes, name: str) -> None:
+    if not wasm.startswith(WASM_MAGIC):
+        raise ExtensionError(
+            f"{name} is not a WebAssembly module (it does not start with the \\0asm magic "
+            f"bytes; it starts with {wasm[:4].hex(' ') or 'nothing: it is empty'})")
 
 
 def engine_config() -> wasmtime.Config:
@@ -98,16 +128,15 @@ class WasmRuntime:
     def close(self) -> None:
         self._stop.set()
 
-    def compile(self, wasm: bytes) -> tuple[wasmtime.Module, bool]:
+    def compile(self, wasm: bytes, name: str = "the module") -> tuple[wasmtime.Module, bool]:
         """The compiled module and whether it came from the cache. Blocking."""
+        check_wasm_magic(wasm, name)
         key = hashlib.sha256(wasm).hexdigest()
         path = self.cache_dir / f"{key}-wasmtime{self._version}-epoch.cwasm"
         if path.exists():
-            try:
-                return wasmtime.Module.deserialize(self.engine, path.read_bytes()), True
-            except Exception as e:  # noqa: BLE001 - a bad cache entry is rebuilt, not fatal
-                log.warning("ignoring unusable cache entry %s: %s", path.name, e)
-                path.unlink(missing_ok=True)
+            module = self._from_cache(path)
+            if module is not None:
+                return module, True
         tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
         if len(wasm) >= CHILD_COMPILE_MIN_BYTES:
             try:
@@ -122,13 +151,31 @@ class WasmRuntime:
         except wasmtime.WasmtimeError as e:
             raise ExtensionError(f"not a valid WebAssembly module: {_first_line(e)}") from None
         try:
-            tmp.write_bytes(module.serialize())
+            tmp.write_bytes(encode_entry(module.serialize()))
             os.replace(tmp, path)
         except OSError as e:
             log.warning("cannot write module cache %s: %s", path, e)
             tmp.unlink(missing_ok=True)
         return module, False
 
+    def _from_cache(self, path: Path) -> wasmtime.Module | None:
+        """A verified cache entry, deserialized; None (entry removed) if it is damaged."""
+        try:
+            artifact = verified_artifact(path.read_bytes())
+        except OSError as e:
+            log.warning("cannot read module cache entry %s: %s; rebuilding it", path, e)
+            artifact = None
+        else:
+            if artifact is None:
+                log.warning("module cache entry %s is damaged (BLAKE3 mismatch or not an sd "
+                            "cache entry); rebuilding it", path)
+        if artifact is not None:
+            try:
+                return wasmtime.Module.deserialize(self.engine, artifact)
+            except Exception as e:  # noqa: BLE001 - e.g. another wasmtime build's artifact
+                log.warning("ignoring unusable cache entry %s: %s; rebuilding it", path.name, e)
+        path.unlink(missing_ok=True)
+        return None
 
     def _compile_in_child(self, wasm: bytes, tmp: Path, path: Path) -> wasmtime.Module:
         proc = subprocess.run([sys.executable, "-m", "daemon.extensions.runtime", str(tmp)],
@@ -138,7 +185,11 @@ class WasmRuntime:
                                  + proc.stderr.decode(errors="replace").strip())
         if proc.returncode != 0:
             raise RuntimeError(f"exit {proc.returncode}: {proc.stderr.decode(errors='replace')[-500:]}")
-        module = wasmtime.Module.deserialize(self.engine, tmp.read_bytes())
+        # The child wrote this just now, but it is checked like any other entry.
+        artifact = verified_artifact(tmp.read_bytes())
+        if artifact is None:
+            raise RuntimeError("the compiling child wrote a damaged artifact")
+        module = wasmtime.Module.deserialize(self.engine, artifact)
         os.replace(tmp, path)
         return module
 
@@ -183,7 +234,7 @@ def _child_main(out: str) -> int:
     except wasmtime.WasmtimeError as e:
         print(_first_line(e), file=sys.stderr)
         return _INVALID_MODULE_EXIT
-    Path(out).write_bytes(module.serialize())
+    Path(out).write_bytes(encode_entry(module.serialize()))
     return 0
 
 
