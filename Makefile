@@ -41,6 +41,7 @@ bench: setup extensions
 lint: setup
 	$(VENV)/bin/ruff check daemon rpc tests bench
 	$(VENV)/bin/mypy daemon rpc
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf build $(VENV)

@@ -51,9 +51,9 @@ def _jsonrpcserver() -> Callable[[], Awaitable[str]]:
 
 
 async def run(tmp: Path, *, rounds: int, calls: int) -> Row:
-    from rpc.dispatch import Caller
+    from daemon.calls import CLIENT, Caller
+    from rpc.dispatch import Dispatcher
     from rpc.jsonrpc import JsonRpc
-    from rpc.registry import CLIENT
 
     try:
         theirs = _jsonrpcserver()
@@ -62,7 +62,7 @@ async def run(tmp: Path, *, rounds: int, calls: int) -> Row:
                            f"jsonrpcserver is not installed ({e}); install the bench extra")
     core = await bench_core(tmp / "dispatch-data")
     try:
-        rpc = JsonRpc(core.dispatcher)
+        rpc = JsonRpc(Dispatcher(core))
         caller = Caller(CLIENT, uid=0)
 
         def ours() -> Any:

@@ -79,10 +79,12 @@ async def _index(tmp: Path, root: Path) -> dict[str, Any]:
     incremental rescan of the unchanged tree. Returns seconds and the jobs' outputs."""
     import msgspec
 
+    from rpc.dispatch import Dispatcher
+
     core = await bench_core(tmp / "index-data")
     try:
         lib = await core.libraries.create_library("bench-index")
-        ex = core.dispatcher.execute_json_operation
+        ex = Dispatcher(core).execute_json_operation
         t0 = time.perf_counter()
         added = msgspec.to_builtins(await ex(OP, lib.id, {"path": str(root)}))
         first = await asyncio.wait_for(

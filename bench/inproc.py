@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from daemon.app import open_app
 from daemon.config import DaemonConfig, ExtensionLimits
 from daemon.core import Core
 from daemon.jobs.types import JobType
@@ -23,5 +24,5 @@ async def bench_core(data_dir: Path, *, job_types: Iterable[JobType] = (),
         data_dir=data_dir, socket_path=data_dir / "unused.sock",
         extension_limits=ExtensionLimits(requests_per_minute=BENCH_RATE_PER_MINUTE),
         **extra)  # type: ignore[arg-type]
-    return await Core.new_with_config(data_dir, config, job_types=job_types,
-                                      load_extensions=False)
+    return (await open_app(data_dir, config, job_types=job_types,
+                                      load_extensions=False)).core

@@ -1,4 +1,4 @@
-"""Native job types the bench registers (``Core.new_with_config(job_types=...)``)."""
+"""Native job types the bench registers (``open_app(job_types=...)``)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """The Core: owns the config, the event bus, the libraries, jobs and extensions.
 
 No module-level state: two Cores on two data dirs can live in one process.
-A Core holds an exclusive lock on its data dir for its whole life.
+A Core holds an exclusive lock on its data dir for its whole life. It knows
+nothing of the layer above: the composition root (``daemon.app``) builds the
+dispatcher and the plugin manager around it and attaches the latter.
 """
 
 from __future__ import annotations
@@ -13,28 +15,23 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 from daemon import __version__, errors
-from daemon.config import DaemonConfig, default_socket_path
+from daemon.config import DaemonConfig
 from daemon.events import EventBus
+from daemon.extensions.manager import PluginManager
 from daemon.jobs.context import ContextRegistry
 from daemon.jobs.types import JobRegistry, JobType
 from daemon.libraries.manager import LibraryManager
-
-if TYPE_CHECKING:
-    from daemon.extensions.manager import PluginManager
-    from rpc.dispatch import Dispatcher
+from daemon.locations import JOB_TYPES as BUILTIN_JOB_TYPES
 
 log = logging.getLogger("sd.core")
 
 
-class DataDirLocked(errors.SdError):
-    kind = "data_dir_locked"
-
-
 class Core:
-    """Create with ``await Core.new_with_config(data_dir)``; close with ``await core.shutdown()``."""
+    """Open with ``await Core.open(config)`` (``daemon.app.open_app`` does the rest);
+    close with ``await core.shutdown()``."""
 
     def __init__(self, config: DaemonConfig, lock_file: IO[bytes]) -> None:
         self.config = config
@@ -50,50 +47,38 @@ class Core:
         self.libraries = LibraryManager(config.data_dir / "libraries", self.events,
                                         self.job_types, self.job_slots, self.job_contexts)
         self.plugin_manager: PluginManager | None = None
-        self.dispatcher: Dispatcher
         self._closed = False
         self._jobs_started = False
         self._shutdown_callbacks: list[Callable[[], None]] = []
 
     @classmethod
-    async def new_with_config(cls, data_dir: Path | str,
-                              config: DaemonConfig | None = None, *,
-                              job_types: Iterable[JobType] = (),
-                              load_extensions: bool = True) -> Core:
-        """Open (or create) the data dir, its libraries, jobs and extensions.
+    async def open(cls, config: DaemonConfig, *, job_types: Iterable[JobType] = ()) -> Core:
+        """Lock the data dir, register job types and open every library; no job runs yet.
 
         ``job_types`` are registered before any job is recovered or started, so an
         embedding program's own job types resume after a restart like built-in ones.
         """
-        data_dir = Path(data_dir).resolve()
-        if config is None:
-            config = DaemonConfig(data_dir=data_dir, socket_path=default_socket_path(data_dir))
-        data_dir.mkdir(parents=True, exist_ok=True)
-        lock_file = _lock_data_dir(data_dir)
-        core = cls(config, lock_file)
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        core = cls(config, _lock_data_dir(config.data_dir))
         try:
-            from daemon.locations import JOB_TYPES as builtin_job_types
-            for job_type in builtin_job_types:
-                core.job_types.register(job_type)
-            for job_type in job_types:
+            for job_type in (*BUILTIN_JOB_TYPES, *job_types):
                 core.job_types.register(job_type)
             await core.libraries.load_all()
-            from daemon.extensions.manager import PluginManager
-            from rpc.dispatch import Dispatcher
-            core.dispatcher = Dispatcher(core)
-            # The plugin manager gets narrow dependencies (the event bus, the dispatch
-            # callable, the job registries), not the Core: no circular dependency.
-            core.plugin_manager = PluginManager.for_core(core)
-            if load_extensions:
-                await core.plugin_manager.start(config.bundled_extensions)
-            await core.libraries.start_jobs()
-            core._jobs_started = True
-            for ext_id in await core.plugin_manager.list_plugins():
-                await core.resume_extension_jobs(ext_id)
         except BaseException:
             await core.shutdown()
             raise
         return core
+
+    def attach_plugins(self, plugins: PluginManager) -> None:
+        self.plugin_manager = plugins
+
+    async def start_jobs(self) -> None:
+        """Recover and start every library's jobs, then those paused for a missing extension."""
+        await self.libraries.start_jobs()
+        self._jobs_started = True
+        if self.plugin_manager is not None:
+            for ext_id in await self.plugin_manager.list_plugins():
+                await self.resume_extension_jobs(ext_id)
 
     def status(self) -> dict[str, object]:
         return {
@@ -147,7 +132,7 @@ def _lock_data_dir(data_dir: Path) -> IO[bytes]:
         f.seek(0)
         holder = f.read().decode(errors="replace").strip() or "another process"
         f.close()
-        raise DataDirLocked(
+        raise errors.DataDirLocked(
             f"data dir {data_dir} is in use by {holder}; stop that daemon first") from None
     f.truncate(0)
     f.write(f"pid {os.getpid()}".encode())

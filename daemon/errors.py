@@ -1,8 +1,10 @@
 """The error hierarchy shared by the daemon, the RPC layer and the CLI.
 
-Every error carries a stable integer ``code`` (sent as the JSON-RPC error code)
-and a stable ``kind`` string. They are mapped to JSON-RPC error objects in
-``rpc.jsonrpc`` and to CLI exit codes in ``rpc.cli`` - nowhere else.
+Every class has a code of its own (sent as the JSON-RPC error code) and a stable
+``kind`` string; a second class with a taken code fails when this module loads.
+``error_body`` is the one place an error becomes the ``{"code", "message", "data"}``
+object that socket clients and guests both receive; CLI exit codes are mapped in
+``rpc.cli_common`` and nowhere else.
 Codes -32768..-32000 follow JSON-RPC 2.0; our own live in -32000..-32099.
 """
 
@@ -17,16 +19,21 @@ class SdError(Exception):
     code: ClassVar[int] = -32000
     kind: ClassVar[str] = "error"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        taken = _BY_CODE.get(cls.code)
+        if taken is not None:
+            raise TypeError(f"error code {cls.code} of {cls.__name__} is already "
+                            f"{taken.__name__}'s: every error class needs a code of its own")
+        _BY_CODE[cls.code] = cls
+
     def __init__(self, message: str, data: Any = None) -> None:
         super().__init__(message)
         self.message = message
         self.data = data
 
     def to_dict(self) -> dict[str, Any]:
-        err: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.data is not None:
-            err["data"] = self.data
-        return err
+        return error_body(self)
 
     @classmethod
     def from_dict(cls, err: dict[str, Any]) -> SdError:
@@ -36,6 +43,17 @@ class SdError(Exception):
         if klass is SdError:
             inst.code = int(err.get("code", SdError.code))  # type: ignore[misc]
         return inst
+
+
+def error_body(err: SdError) -> dict[str, Any]:
+    """The JSON error object of ``err``, the same for socket clients and guests."""
+    body: dict[str, Any] = {"code": err.code, "message": err.message}
+    if err.data is not None:
+        body["data"] = err.data
+    return body
+
+
+_BY_CODE: dict[int, type[SdError]] = {SdError.code: SdError}
 
 
 # --- JSON-RPC 2.0 protocol errors -------------------------------------------
@@ -126,14 +144,23 @@ class ShuttingDown(SdError):
     kind = "shutting_down"
 
 
+class DataDirLocked(SdError):
+    """Another daemon holds the data dir's lock."""
+
+    code = -32031
+    kind = "data_dir_locked"
+
+
+class SocketInUse(SdError):
+    """The socket path is served by another daemon, or is not a socket."""
+
+    code = -32032
+    kind = "socket_in_use"
+
+
 class ConnectError(SdError):
     """Client side only: the daemon's socket could not be reached."""
 
     code = -32099
     kind = "cannot_connect"
 
-
-_BY_CODE: dict[int, type[SdError]] = {}
-for _cls in list(globals().values()):
-    if isinstance(_cls, type) and issubclass(_cls, SdError) and _cls is not SdError:
-        _BY_CODE[_cls.code] = _cls

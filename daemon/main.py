@@ -1,4 +1,4 @@
-"""``sd-daemon``: run the Core and serve it on a Unix socket until told to stop."""
+"""``sd-daemon``: the process entry point; runs the app (``daemon.app``) on a Unix socket until told to stop."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from daemon import systemd
+from daemon.app import open_app
 from daemon.config import (
     DaemonConfig,
     default_data_dir,
@@ -24,6 +25,7 @@ from daemon.core import Core
 from daemon.errors import SdError
 from daemon.jobs.types import JobType
 from daemon.logging_setup import setup_logging
+from rpc.server import RpcServer, prepare_socket_path
 
 log = logging.getLogger("sd.daemon")
 
@@ -34,8 +36,6 @@ async def serve(config: DaemonConfig, job_types: Iterable[JobType] = ()) -> int:
     Under systemd (``docs/service.md``) it also serves a socket-activated listener,
     reports readiness, status and stopping, and pings the watchdog.
     """
-    from rpc.server import RpcServer, prepare_socket_path
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -55,9 +55,10 @@ async def serve(config: DaemonConfig, job_types: Iterable[JobType] = ()) -> int:
             prepare_socket_path(socket_path, config.socket_gid)  # refuse early if in use
         elif isinstance(name := listener.getsockname(), str) and name.startswith("/"):
             socket_path = Path(name)
-        core = await Core.new_with_config(config.data_dir, config, job_types=job_types)
+        app = await open_app(config.data_dir, config, job_types=job_types)
+        core = app.core
         core.on_shutdown_request(stop.set)
-        server = RpcServer(core.dispatcher, socket_path, max_line=config.max_line_bytes,
+        server = RpcServer(app.dispatcher, socket_path, max_line=config.max_line_bytes,
                            allowed_gid=config.socket_gid)
         try:
             await server.start(listener)

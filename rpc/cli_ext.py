@@ -1,4 +1,4 @@
-"""``sd ext ...`` and ``sd job run``: extensions and their jobs."""
+"""``sd ext ...``: install, list, load and unload extensions, and read their storage."""
 
 from __future__ import annotations
 
@@ -6,13 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-import msgspec
 
-from rpc.cli import Ctx, _kv, _table, cli, library_option, pass_ctx
-from rpc.cli_jobs import job, run_and_maybe_watch
+from rpc.cli_common import ENCODE, Ctx, library_option, pass_ctx, print_kv, print_table
 
 
-@cli.group()
+@click.group()
 def ext() -> None:
     """Install, list, load and unload extensions."""
 
@@ -40,9 +38,10 @@ def ext_list(ctx: Ctx) -> None:
         if not rows:
             click.echo("no extensions installed")
             return
-        _table([{"id": r["id"], "version": (r.get("manifest") or {}).get("version"),
-                 "state": r["state"], "jobs": ", ".join(j["name"] for j in r["jobs"]),
-                 "error": r.get("error")} for r in rows], ["id", "version", "state", "jobs", "error"])
+        print_table([{"id": r["id"], "version": (r.get("manifest") or {}).get("version"),
+                      "state": r["state"], "jobs": ", ".join(j["name"] for j in r["jobs"]),
+                      "error": r.get("error")} for r in rows],
+                    ["id", "version", "state", "jobs", "error"])
     ctx.out(ctx.call("query:extensions.list.v1"), human)
 
 
@@ -51,34 +50,35 @@ def ext_list(ctx: Ctx) -> None:
 @pass_ctx
 def ext_info(ctx: Ctx, ext_id: str) -> None:
     """Show an extension's manifest, jobs and state."""
-    ctx.out(ctx.call("query:extensions.info.v1", {"id": ext_id}), _kv)
+    ctx.out(ctx.call("query:extensions.info.v1", {"id": ext_id}), print_kv)
+
+
+def _lifecycle(verb: str) -> click.Command:
+    @click.command(verb)
+    @click.argument("ext_id")
+    @pass_ctx
+    def command(ctx: Ctx, ext_id: str) -> None:
+        r = ctx.call(f"action:extensions.{verb}.input.v1", {"id": ext_id})
+        ctx.out(r, _summary if verb != "unload" else lambda r: click.echo(f"unloaded {ext_id}"))
+    command.help = f"{verb.capitalize()} an extension."
+    return command
 
 
 for _verb in ("load", "unload", "reload"):
-    def _make(verb: str) -> Any:
-        @click.argument("ext_id")
-        @pass_ctx
-        def command(ctx: Ctx, ext_id: str) -> None:
-            r = ctx.call(f"action:extensions.{verb}.input.v1", {"id": ext_id})
-            ctx.out(r, _summary if verb != "unload" else lambda r: click.echo(f"unloaded {ext_id}"))
-        command.__doc__ = f"{verb.capitalize()} an extension."
-        return command
-    ext.command(_verb)(_make(_verb))
+    ext.add_command(_lifecycle(_verb))
 
 
-@job.command("run")
-@click.argument("extension_id")
-@click.argument("job_name")
-@click.option("--state", default="{}", help="The job's initial state as JSON")
-@click.option("--wait", is_flag=True, help="Watch the job until it ends")
+@ext.command("storage")
+@click.argument("ext_id")
+@click.option("--prefix", default="", help="Only keys starting with this")
 @library_option
 @pass_ctx
-def job_run(ctx: Ctx, extension_id: str, job_name: str, state: str, wait: bool,
-            library: str | None) -> None:
-    """Run a job an extension registered: sd job run EXT JOB --state JSON --wait."""
-    try:
-        value = msgspec.json.decode(state)
-    except msgspec.DecodeError as e:
-        raise click.BadParameter(f"not valid JSON: {e}", param_hint="--state") from None
-    run_and_maybe_watch(ctx, library, "action:extensions.run_job.input.v1",
-                        {"extension_id": extension_id, "job": job_name, "state": value}, wait)
+def ext_storage(ctx: Ctx, ext_id: str, prefix: str, library: str | None) -> None:
+    """Show what extension EXT_ID stored in a library (keys and JSON values)."""
+    def human(rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            click.echo(f"{ext_id} stored nothing in this library")
+        for r in rows:
+            click.echo(f"{r['key']} = {ENCODE(r['value']).decode()}")
+    ctx.out(ctx.lib_call(library, "query:extension_storage.inspect.v1",
+                         {"extension_id": ext_id, "prefix": prefix, "limit": 1000}), human)

@@ -10,64 +10,18 @@ they differ only in which thread awaits a coroutine handler.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import msgspec
 
 from daemon import errors
+from daemon.calls import CLIENT, Caller
+from daemon.core import Core
 from rpc import operations as _operations  # noqa: F401 - registers every operation
-from rpc.registry import CLIENT, OPERATIONS, Operation
-
-if TYPE_CHECKING:
-    from daemon.core import Core
-    from daemon.libraries.manager import Library
-
-
-class Policy(Protocol):
-    """What limits an extension caller: permissions and rates (see the plugin manager)."""
-
-    def check(self, op: Operation, library_id: str | None) -> None: ...
-
-    def allows_library(self, library_id: str) -> bool: ...
-
-
-@dataclass(eq=False)
-class Caller:
-    """Who is calling. ``session`` is the socket connection for clients."""
-
-    kind: str
-    extension_id: str | None = None
-    uid: int | None = None
-    policy: Policy | None = None
-    session: Any = None
-
-    def sees_library(self, library_id: str) -> bool:
-        return self.policy is None or self.policy.allows_library(library_id)
-
-    def sees_job(self, job_extension_id: str | None) -> bool:
-        """Extensions see only their own jobs; clients see every job."""
-        return self.extension_id is None or job_extension_id == self.extension_id
-
-    def describe(self) -> str:
-        return f"extension {self.extension_id}" if self.extension_id else f"client uid={self.uid}"
-
+from rpc.registry import OPERATIONS, OpContext, Operation
 
 LOCAL = Caller(CLIENT)
 """An in-process caller with a client's rights (tests, the embedding API)."""
-
-
-@dataclass(eq=False, slots=True)
-class OpContext:
-    """What an operation handler receives besides its input."""
-
-    core: Core
-    library: Library | None
-    caller: Caller
-
-    def need_library(self) -> Library:
-        assert self.library is not None, "operation registered without library=True"
-        return self.library
 
 
 class Dispatcher:

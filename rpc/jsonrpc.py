@@ -20,7 +20,8 @@ from typing import Any, Literal
 import msgspec
 
 from daemon import errors
-from rpc.dispatch import Caller, Dispatcher
+from daemon.calls import Caller
+from rpc.dispatch import Dispatcher
 
 log = logging.getLogger("sd.rpc")
 

@@ -14,19 +14,34 @@ import inspect
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
-if TYPE_CHECKING:
-    from rpc.dispatch import OpContext
+from daemon.calls import CLIENT, EXTENSION, Caller
+from daemon.core import Core
+from daemon.libraries.manager import Library
 
-CLIENT = "client"
-EXTENSION = "extension"
+__all__ = ["CLIENT", "EXTENSION", "ALL_CALLERS", "CLIENTS_ONLY", "Empty", "OpContext", "Operation",
+           "OperationRegistry", "OPERATIONS"]
+
 ALL_CALLERS = frozenset({CLIENT, EXTENSION})
 CLIENTS_ONLY = frozenset({CLIENT})
 
 _NAME = re.compile(r"^(query:[a-z_]+(\.[a-z_]+)+\.v[0-9]+|action:[a-z_]+(\.[a-z_]+)+\.input\.v[0-9]+)$")
+
+
+@dataclass(eq=False, slots=True)
+class OpContext:
+    """What an operation handler receives besides its input."""
+
+    core: Core
+    library: Library | None
+    caller: Caller
+
+    def need_library(self) -> Library:
+        assert self.library is not None, "operation registered without library=True"
+        return self.library
 
 
 class Empty(msgspec.Struct, forbid_unknown_fields=True):

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import cast
 
 from daemon import errors
+from daemon.calls import CLIENT, Caller
 from daemon.events import Subscription
-from rpc.dispatch import Caller, Dispatcher
+from rpc.dispatch import Dispatcher
 from rpc.jsonrpc import JsonRpc, encode_error, encode_notification
-from rpc.registry import CLIENT
 
 log = logging.getLogger("sd.server")
 
@@ -30,10 +30,6 @@ _PEERCRED = struct.Struct("3i")
 BACKLOG = 4096  # connections waiting to be accepted (capped by net.core.somaxconn)
 MAX_IN_FLIGHT = 1024  # unanswered requests per connection before it is read no further
 _SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # not exported by Python 3.11
-
-
-class SocketInUse(errors.SdError):
-    kind = "socket_in_use"
 
 
 def prepare_socket_path(path: Path, gid: int | None = None) -> None:
@@ -52,7 +48,7 @@ def prepare_socket_path(path: Path, gid: int | None = None) -> None:
         os.chmod(parent, mode)
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
-            raise SocketInUse(f"{path} exists and is not a socket; refusing to replace it")
+            raise errors.SocketInUse(f"{path} exists and is not a socket; refusing to replace it")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(str(path))
@@ -62,7 +58,7 @@ def prepare_socket_path(path: Path, gid: int | None = None) -> None:
             log.info("replacing stale socket %s", path)
             path.unlink(missing_ok=True)
         else:
-            raise SocketInUse(f"another sd daemon is already serving {path}")
+            raise errors.SocketInUse(f"another sd daemon is already serving {path}")
         finally:
             probe.close()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import os
 import shutil
@@ -11,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,48 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 BUILT_EXTENSIONS = ROOT / "build" / "extensions"
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+class _Deadline:
+    """The one polling rule of the tests: check, wait a little, fail clearly at the deadline."""
+
+    def __init__(self, timeout: float, what: str | Callable[[], str] | None,
+                 cond: Callable[[], Any]) -> None:
+        self.end = time.monotonic() + timeout
+        self.timeout = timeout
+        self.what = what if what is not None else getattr(cond, "__name__", repr(cond))
+
+    def check(self, last: object) -> None:
+        if time.monotonic() > self.end:
+            what = self.what() if callable(self.what) else self.what
+            raise AssertionError(f"timed out after {self.timeout}s waiting for {what}; "
+                                 f"last value: {last!r}")
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 30.0,
+             what: str | Callable[[], str] | None = None, every: float = 0.02) -> Any:
+    """Poll ``cond()`` until it returns something truthy, and return that. After ``timeout``
+    seconds fail with ``what`` (a text, or a function giving it then; default: the
+    condition's name) and the last value."""
+    deadline = _Deadline(timeout, what, cond)
+    while not (value := cond()):
+        deadline.check(value)
+        time.sleep(every)
+    return value
+
+
+async def wait_for_async(cond: Callable[[], Any], timeout: float = 30.0,
+                         what: str | Callable[[], str] | None = None, every: float = 0.01) -> Any:
+    """``wait_for`` on the event loop: ``cond`` may return an awaitable."""
+    deadline = _Deadline(timeout, what, cond)
+    while True:
+        value = cond()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        deadline.check(value)
+        await asyncio.sleep(every)
 
 
 def short_tmpdir() -> Path:
@@ -56,18 +100,22 @@ class Daemon:
         return self
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def accepts() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 with socket.socket(socket.AF_UNIX) as s:
                     s.connect(str(self.socket))
-                return
+                return True
             except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"daemon not ready after {timeout}s:\n{self.log()}")
+                return False
+        wait_for(accepts, timeout, lambda: f"the daemon to accept connections:\n{self.log()}",
+                 every=0.05)
+
+    def wait_log(self, text: str, timeout: float = 20.0) -> None:
+        """Wait until the daemon's log contains ``text``."""
+        wait_for(lambda: text in self.log(), timeout, f"{text!r} in the daemon's log")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

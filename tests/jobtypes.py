@@ -1,4 +1,4 @@
-"""Job types the tests register through the public registry (``Core.new_with_config(job_types=...)``)."""
+"""Job types the tests register through the public registry (``open_app(job_types=...)``)."""
 
 from __future__ import annotations
 

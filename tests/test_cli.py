@@ -69,3 +69,63 @@ def test_sync_client_for_scripts(daemon: Daemon) -> None:
         "    print(c.call('query:test.ping.v1', {'n': 5})['echo']['n'])\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip() == "5", r.stderr
+
+
+# Every command the CLI offers; a command added or lost shows up here.
+COMMANDS = """
+sd call
+sd daemon stop
+sd entries get
+sd entries ls
+sd entries read
+sd events
+sd ext info
+sd ext install
+sd ext list
+sd ext load
+sd ext reload
+sd ext storage
+sd ext unload
+sd job cancel
+sd job dispatch
+sd job info
+sd job list
+sd job pause
+sd job resume
+sd job run
+sd job watch
+sd library create
+sd library delete
+sd library info
+sd library list
+sd location add
+sd location identify
+sd location list
+sd location remove
+sd location rescan
+sd status
+sd tag apply
+sd tag create
+sd tag delete
+sd tag list
+sd tag ls
+sd tag remove
+"""
+
+
+def help_commands(*path: str) -> list[str]:
+    """The command names that ``sd PATH --help`` lists, as a person reads them."""
+    r = subprocess.run([str(BIN / "sd"), *path, "--help"], capture_output=True, text=True,
+                       timeout=30, env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    if "\nCommands:\n" not in r.stdout:
+        return []  # a command, not a group
+    lines = r.stdout.split("\nCommands:\n", 1)[1].splitlines()
+    return [line.split()[0] for line in lines if line.startswith("  ") and line.split()]
+
+
+def test_help_lists_every_command() -> None:
+    listed: list[str] = []
+    for name in help_commands():
+        listed += [f"sd {name} {sub}" for sub in help_commands(name)] or [f"sd {name}"]
+    assert sorted(listed) == COMMANDS.strip().splitlines()

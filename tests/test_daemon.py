@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import stat
-import time
 
 from conftest import Daemon
 
@@ -126,10 +125,12 @@ def test_shutdown_finishes_in_flight_requests_and_reads_no_new_ones(daemon: Daem
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(15)
     s.connect(str(daemon.socket))
-    s.sendall(b'{"jsonrpc":"2.0","id":"slow","method":"query:test.sleep.v1","params":{"payload":{"seconds":1.0}}}\n')
-    time.sleep(0.2)
+    s.sendall(b'{"jsonrpc":"2.0","id":"slow","method":"query:test.sleep.v1","params":{"payload":{"seconds":1.0}}}\n'
+              b'{"jsonrpc":"2.0","id":"read","method":"query:test.ping.v1"}\n')
+    # The ping's answer (out of order, before the slow one) shows both lines were read.
+    assert _json.loads(s.makefile("rb").readline())["id"] == "read"
     assert daemon.sd("daemon", "stop").returncode == 0
-    time.sleep(0.2)
+    daemon.wait_log("shutting down")
     try:
         s.sendall(b'{"jsonrpc":"2.0","id":"late","method":"query:test.ping.v1"}\n')
     except OSError:

@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BUILT_EXTENSIONS, Daemon
+from conftest import BUILT_EXTENSIONS, Daemon, wait_for
 from fstree import (
     DUPLICATES,
     REPORT,
@@ -40,16 +39,6 @@ def d(tmpdir_short: Path) -> Iterator[Daemon]:
     if daemon.proc is not None and daemon.proc.poll() is None:
         daemon.stop()
     unlock(tmpdir_short)
-
-
-def wait_for(pred: Any, timeout: float = 30.0, every: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(every)
 
 
 def job(d: Daemon, lib: str, job_id: str) -> dict[str, Any]:

@@ -6,18 +6,19 @@ import asyncio
 import json
 import logging
 import shutil
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BUILT_EXTENSIONS
+from conftest import BUILT_EXTENSIONS, wait_for_async
 from wasm_guests import data, make_extension, module
 
+from daemon.app import open_app
 from daemon.config import DaemonConfig
 from daemon.core import Core
 from daemon.errors import ExtensionError, JobCancelled, JobFailed
+from rpc.dispatch import Dispatcher
 
 TEST_EXT = BUILT_EXTENSIONS / "test-extension"
 
@@ -32,17 +33,25 @@ def counter_input(target: int, current: int = 0, spin: int = 0) -> dict[str, str
 
 async def info_when(lib: Any, job_id: str, pred: Callable[[Any], bool],
                     timeout: float = 30.0) -> Any:
-    """Poll ``jobs.info`` until ``pred`` holds; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not pred(info := await lib.jobs.info(job_id)):
-        assert time.monotonic() < deadline, info
-        await asyncio.sleep(0.01)
-    return info
+    """Poll ``jobs.info`` until ``pred`` holds; returns that info."""
+    async def matching() -> Any:
+        info = await lib.jobs.info(job_id)
+        return info if pred(info) else None
+    return await wait_for_async(matching, timeout, f"job {job_id} to reach the expected state")
+
+
+async def drain_queue(core: Core, lib: Any) -> None:
+    """Everything queued before now has been started: a native no-op job queued last has run."""
+    from jobtypes import TEST_JOB_TYPES
+    noop = next(t for t in TEST_JOB_TYPES if t.name == "test.noop")
+    if noop.name not in core.job_types:
+        core.job_types.register(noop)
+    await (await lib.jobs.get_handle(await lib.jobs.dispatch_by_name(noop.name, {}))).wait()
 
 
 async def new_core(data_dir: Path, **cfg: object) -> Core:
     config = DaemonConfig(data_dir=data_dir, socket_path=data_dir / "x.sock", **cfg)  # type: ignore[arg-type]
-    return await Core.new_with_config(data_dir, config)
+    return (await open_app(data_dir, config)).core
 
 
 @pytest.fixture
@@ -99,13 +108,7 @@ async def test_progress_and_checkpoints_visible_while_running(core: Core) -> Non
     lib = await core.libraries.create_library("L")
     sub = core.events.subscribe(["job.progress", "job.cancelled"], lib.id)
     job_id = await lib.jobs.dispatch_by_name("wasm_job", counter_input(200, spin=2_000_000))
-    deadline = time.monotonic() + 30
-    while True:
-        info = await lib.jobs.info(job_id)
-        if info.status == "running" and info.items >= 3:
-            break
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+    info = await info_when(lib, job_id, lambda i: i.status == "running" and i.items >= 3)
     assert 0 < info.progress < 1 and info.checkpoints >= 2
     assert info.checkpoint["current"] >= 2 and info.message.startswith("Counted ")
     await lib.jobs.cancel(job_id)
@@ -194,8 +197,11 @@ async def test_concurrent_jobs_limit_does_not_hold_global_slots(core: Core) -> N
     lib = await core.libraries.create_library("L")
     slow = [await lib.jobs.dispatch_by_name("wasm_job", counter_input(40, spin=2_000_000))
             for _ in range(3)]
-    await asyncio.sleep(0.1)
-    statuses = [(await lib.jobs.info(j)).status for j in slow]
+
+    async def running() -> list[str]:
+        statuses = [(await lib.jobs.info(j)).status for j in slow]
+        return statuses if "running" in statuses else []
+    statuses = await wait_for_async(running, 10, "one of the jobs to run")
     assert statuses.count("running") == 1, statuses
     from jobtypes import TEST_JOB_TYPES  # a native job still gets a slot meanwhile
     core.job_types.register(TEST_JOB_TYPES[2])
@@ -216,7 +222,7 @@ async def test_unload_pauses_running_jobs_and_reload_resumes(core: Core) -> None
     info = await lib.jobs.info(job_id)
     assert info.status == "paused" and 3 <= info.checkpoint["current"] < 100
     assert "test-extension" not in await pm.list_plugins()
-    await asyncio.sleep(0.1)
+    await drain_queue(core, lib)
     assert (await lib.jobs.info(job_id)).status == "paused"  # stays paused while unloaded
     await pm.load_plugin("test-extension")  # and continues by itself once loaded
     assert (await (await lib.jobs.get_handle(job_id)).wait())["current"] == 100
@@ -275,7 +281,7 @@ async def test_spacedrive_call_answers_like_the_socket(core: Core, tmp_path: Pat
     from rpc.client import Client
     from rpc.server import RpcServer
     sock = tmp_path / "s.sock"
-    server = RpcServer(core.dispatcher, sock, max_line=1 << 20)
+    server = RpcServer(Dispatcher(core), sock, max_line=1 << 20)
     await server.start()
     try:
         async with await Client.connect(sock) as c:
@@ -323,5 +329,5 @@ async def test_user_paused_job_is_not_resumed_by_a_load(core: Core) -> None:
     await lib.jobs.pause(job_id)
     await info_when(lib, job_id, lambda i: i.status == "paused")
     await pm.reload_plugin("test-extension")
-    await asyncio.sleep(0.1)
+    await drain_queue(core, lib)
     assert (await lib.jobs.info(job_id)).status == "paused"  # the user's pause stands

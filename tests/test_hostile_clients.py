@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import Daemon, short_tmpdir
+from conftest import Daemon, short_tmpdir, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -49,10 +49,9 @@ def serves(d: Daemon) -> None:
 
 def settle(d: Daemon, before_kb: int, slack_kb: int = 30_000) -> None:
     """Memory goes back near where it was (allocator caches allow some slack)."""
-    deadline = time.monotonic() + 5
-    while rss_kb(d) > before_kb + slack_kb and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert rss_kb(d) <= before_kb + slack_kb, (before_kb, rss_kb(d))
+    wait_for(lambda: rss_kb(d) <= before_kb + slack_kb, 5,
+             lambda: f"RSS back within {slack_kb} KiB of {before_kb} KiB (now {rss_kb(d)} KiB)",
+             every=0.1)
 
 
 def test_thousand_concurrent_connections(d: Daemon) -> None:
@@ -71,7 +70,6 @@ def test_thousand_concurrent_connections(d: Daemon) -> None:
     serves(d)  # while all 1000 are open
     for s in conns:
         s.close()
-    time.sleep(0.3)
     serves(d)
     settle(d, before)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BUILT_EXTENSIONS, Daemon, short_tmpdir
+from conftest import BUILT_EXTENSIONS, Daemon, short_tmpdir, wait_for
 from wasm_guests import data, hostile, make_extension, module, wat_bytes
 
 from daemon.errors import SdError
@@ -62,13 +62,10 @@ class Host:
         return r["job_id"]  # type: ignore[no-any-return]
 
     def wait(self, job_id: str, library: str | None = None, timeout: float = 60) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
+        def ended() -> Any:
             info = self.client.call("query:jobs.info.v1", {"id": job_id}, library or self.lib)
-            if info["status"] in ("completed", "failed", "cancelled"):
-                return info  # type: ignore[no-any-return]
-            assert time.monotonic() < deadline, info
-            time.sleep(0.02)
+            return info if info["status"] in ("completed", "failed", "cancelled") else None
+        return wait_for(ended, timeout, f"job {job_id} to end")  # type: ignore[no-any-return]
 
     def companion(self) -> str:
         """A well-behaved counter job that runs alongside the attack."""

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import wait_for_async
 from jobtypes import TEST_JOB_TYPES
 
+from daemon.app import open_app
 from daemon.config import DaemonConfig
 from daemon.core import Core
 from daemon.errors import InvalidParams, InvalidState, JobCancelled, JobFailed, NotFound
@@ -17,7 +19,12 @@ from daemon.errors import InvalidParams, InvalidState, JobCancelled, JobFailed, 
 
 async def open_core(path: Path, **config: object) -> Core:
     cfg = DaemonConfig(data_dir=path, socket_path=path / "unused.sock", **config)  # type: ignore[arg-type]
-    return await Core.new_with_config(path, cfg, job_types=TEST_JOB_TYPES)
+    return (await open_app(path, cfg, job_types=TEST_JOB_TYPES)).core
+
+
+async def drain_queue(lib: Any) -> None:
+    """Everything queued before now has been started: a no-op job queued last has run."""
+    await (await lib.jobs.get_handle(await lib.jobs.dispatch_by_name("test.noop", {}))).wait()
 
 
 @pytest.fixture
@@ -25,14 +32,6 @@ async def core(tmp_path: Path) -> AsyncIterator[Core]:
     c = await open_core(tmp_path / "data")
     yield c
     await c.shutdown()
-
-
-async def wait_until(pred, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not await pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 async def test_dispatch_and_wait(core: Core) -> None:
@@ -83,7 +82,7 @@ async def test_progress_visible_while_running(core: Core) -> None:
         i = await lib.jobs.info(job_id)
         return i.status == "running" and 5 <= i.items < 40
 
-    await wait_until(midway)
+    await wait_for_async(midway)
     info = await lib.jobs.info(job_id)
     assert 0 < info.progress < 1 and info.message.startswith("step ")
     await (await lib.jobs.get_handle(job_id)).wait()
@@ -108,17 +107,18 @@ async def test_pause_resume_continues_from_checkpoint(core: Core, tmp_path: Path
 
     async def started() -> bool:
         return (await lib.jobs.info(job_id)).items >= 5
-    await wait_until(started)
+    await wait_for_async(started)
     assert await lib.jobs.pause(job_id) == "pause_requested"
 
     async def paused() -> bool:
         return (await lib.jobs.info(job_id)).status == "paused"
-    await wait_until(paused)
+    await wait_for_async(paused)
     info = await lib.jobs.info(job_id)
     at = info.checkpoint["next"]
     assert 5 <= at < 30
-    await asyncio.sleep(0.2)
-    assert (await lib.jobs.info(job_id)).checkpoint["next"] == at  # really stopped
+    await wait_for_async(lambda: core.job_contexts.get(job_id) is None, 10, "the job's handler to end")
+    assert len(record.read_text().splitlines()) == at  # really stopped at its checkpoint
+    assert (await lib.jobs.info(job_id)).checkpoint["next"] == at
     assert await lib.jobs.resume(job_id) == "queued"
     out = await (await lib.jobs.get_handle(job_id)).wait()
     assert out == {"done": 30, "started_at": at}
@@ -137,7 +137,7 @@ async def test_cancel_running_and_queued(tmp_path: Path) -> None:
 
         async def is_running() -> bool:
             return (await lib.jobs.info(running)).status == "running"
-        await wait_until(is_running)
+        await wait_for_async(is_running)
         assert (await lib.jobs.info(queued)).status == "queued"
         assert await lib.jobs.cancel(queued) == "cancelled"
         assert await lib.jobs.cancel(running) == "cancel_requested"
@@ -158,7 +158,6 @@ async def test_more_jobs_than_workers_all_finish_fifo(tmp_path: Path) -> None:
         lib = await core.libraries.create_library("L")
         ids = [await lib.jobs.dispatch_by_name("test.steps", {"count": 3, "delay": 0.01})
                for _ in range(8)]
-        await asyncio.sleep(0.02)
         statuses = [(await lib.jobs.info(j)).status for j in ids]
         assert statuses.count("running") <= 2 and "queued" in statuses
         for j in ids:
@@ -178,7 +177,7 @@ async def test_clean_shutdown_pauses_and_restart_resumes(tmp_path: Path) -> None
 
     async def going() -> bool:
         return (await lib.jobs.info(job_id)).items >= 3
-    await wait_until(going)
+    await wait_for_async(going)
     await core.shutdown()
     core = await open_core(data)
     try:
@@ -203,7 +202,7 @@ async def test_user_paused_job_stays_paused_after_restart(tmp_path: Path) -> Non
     core = await open_core(data)
     try:
         lib = core.libraries.get(lib.id)
-        await asyncio.sleep(0.1)
+        await drain_queue(lib)
         assert (await lib.jobs.info(job_id)).status == "paused"
         await lib.jobs.resume(job_id)
         assert (await (await lib.jobs.get_handle(job_id)).wait())["done"] == 3
@@ -225,7 +224,7 @@ async def test_two_cores_in_one_process(tmp_path: Path) -> None:
 
 
 async def test_same_data_dir_twice_is_refused(core: Core) -> None:
-    from daemon.core import DataDirLocked
+    from daemon.errors import DataDirLocked
     with pytest.raises(DataDirLocked, match="in use"):
         await open_core(core.data_dir)
 

@@ -8,20 +8,9 @@ import socket
 import time
 from pathlib import Path
 
-from conftest import Daemon
+from conftest import Daemon, wait_for
 
 from rpc.client import Client
-
-
-def wait_for(pred, timeout: float = 20.0, every: float = 0.05):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(every)
 
 
 def job_info(d: Daemon, lib: str, job_id: str) -> dict:  # type: ignore[type-arg]

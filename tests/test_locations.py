@@ -18,24 +18,26 @@ from typing import Any
 
 import msgspec
 import pytest
+from conftest import wait_for_async
 from fstree import REPORT, expected_index, make_tree, write
 
 from daemon import errors
+from daemon.app import open_app
+from daemon.calls import EXTENSION, Caller
 from daemon.config import DaemonConfig
 from daemon.core import Core
 from daemon.extensions.manifest import Manifest, Permissions
 from daemon.extensions.policy import ExtensionPolicy
 from daemon.libraries.manager import Library
 from daemon.locations import content
-from rpc.dispatch import Caller
-from rpc.registry import EXTENSION
+from rpc.dispatch import Dispatcher
 
 
 @pytest.fixture
 async def core(tmp_path: Path) -> AsyncIterator[Core]:
     data = tmp_path / "data"
-    c = await Core.new_with_config(data, DaemonConfig(data_dir=data, socket_path=data / "s.sock"),
-                                   load_extensions=False)
+    c = (await open_app(data, DaemonConfig(data_dir=data, socket_path=data / "s.sock"),
+                                   load_extensions=False)).core
     yield c
     await c.shutdown()
 
@@ -50,10 +52,18 @@ def op(core: Core, lib: Library, method: str, payload: Any = None,
     """Run an operation the way a socket client (or ``caller``) does; returns plain JSON data."""
     async def go() -> Any:
         args = (method, lib.id, msgspec.json.encode(payload or {}))
-        r = await (core.dispatcher.execute_json_operation(*args, caller) if caller
-                   else core.dispatcher.execute_json_operation(*args))
+        r = await (Dispatcher(core).execute_json_operation(*args, caller) if caller
+                   else Dispatcher(core).execute_json_operation(*args))
         return msgspec.json.decode(msgspec.json.encode(r))
     return go()
+
+
+async def job_when(lib: Library, job_id: str, pred: Any) -> Any:
+    """The job's info once ``pred`` holds for it."""
+    async def matching() -> Any:
+        info = await lib.jobs.info(job_id)
+        return info if pred(info) else None
+    return await wait_for_async(matching, 30, f"job {job_id} to reach the expected state")
 
 
 async def index(core: Core, lib: Library, tree: Path, **kw: Any) -> tuple[int, dict[str, Any]]:
@@ -161,11 +171,9 @@ async def test_pause_and_resume_mid_walk(core: Core, lib: Library, tmp_path: Pat
             write(tree / f"n{i:02d}" / f"f{j}", b"y" * j)
     job_id = await lib.jobs.dispatch_by_name("locations.index", {
         "location_id": added["location"]["id"], "batch_size": 6, "throttle_ms": 30})
-    while (await lib.jobs.info(job_id)).checkpoints < 3:
-        await asyncio.sleep(0.01)
+    await job_when(lib, job_id, lambda i: i.checkpoints >= 3)
     await lib.jobs.pause(job_id)
-    while (info := await lib.jobs.info(job_id)).status != "paused":
-        await asyncio.sleep(0.01)
+    info = await job_when(lib, job_id, lambda i: i.status == "paused")
     assert info.checkpoint["phase"] == "walk" and info.checkpoint["stack"]
     assert len(msgspec.json.encode(info.checkpoint)) < 2000  # directories to go, not files
     await lib.jobs.resume(job_id)
@@ -214,8 +222,7 @@ async def test_rescan_while_indexing_and_remove(core: Core, lib: Library, tmp_pa
         "location_id": loc, "batch_size": 1, "throttle_ms": 200})
     r = await op(core, lib, "action:locations.rescan.input.v1", {"id": loc})
     assert r["already_running"] and r["job_id"] == slow  # no second indexer for one location
-    while (await lib.jobs.info(slow)).checkpoints < 1:
-        await asyncio.sleep(0.01)
+    await job_when(lib, slow, lambda i: i.checkpoints >= 1)
     removed = await op(core, lib, "action:locations.remove.input.v1", {"id": loc})
     assert removed["entries"] == len(expected_index(tree))
     assert await op(core, lib, "query:locations.list.v1") == []
@@ -230,15 +237,14 @@ async def test_rescan_while_indexing_and_remove(core: Core, lib: Library, tmp_pa
 
 async def test_one_indexer_at_a_time_per_location(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    c = await Core.new_with_config(data, DaemonConfig(data_dir=data, socket_path=data / "s.sock",
-                                                      max_running_jobs=2), load_extensions=False)
+    c = (await open_app(data, DaemonConfig(data_dir=data, socket_path=data / "s.sock",
+                                                      max_running_jobs=2), load_extensions=False)).core
     try:
         lib = await c.libraries.create_library("L")
         loc, _ = await index(c, lib, make_tree(tmp_path / "tree", locked=False))
         slow = await lib.jobs.dispatch_by_name("locations.index", {
             "location_id": loc, "batch_size": 1, "throttle_ms": 100})
-        while (await lib.jobs.info(slow)).status != "running":
-            await asyncio.sleep(0.01)
+        await job_when(lib, slow, lambda i: i.status == "running")
         second = await lib.jobs.dispatch_by_name("locations.index", {"location_id": loc})
         with pytest.raises(errors.JobFailed, match=f"indexer job {slow} is already running"):
             await (await lib.jobs.get_handle(second)).wait()
@@ -483,8 +489,8 @@ def test_random_trees_index_exactly(tmp_path: Path) -> None:
                 pass
 
     async def go() -> None:
-        c = await Core.new_with_config(tmp_path / "data", DaemonConfig(
-            data_dir=tmp_path / "data", socket_path=tmp_path / "s.sock"), load_extensions=False)
+        c = (await open_app(tmp_path / "data", DaemonConfig(
+            data_dir=tmp_path / "data", socket_path=tmp_path / "s.sock"), load_extensions=False)).core
         try:
             lib = await c.libraries.create_library("L")
             tree.mkdir()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BIN, ROOT, Daemon, raw_exchange, short_tmpdir
+from conftest import BIN, ROOT, Daemon, raw_exchange, short_tmpdir, wait_for
 
 JOBS_DAEMON = [sys.executable, str(ROOT / "tests" / "jobs_daemon.py")]
 STATUS_REQ = b'{"jsonrpc":"2.0","id":1,"method":"query:core.status.v1"}\n'
@@ -100,10 +100,10 @@ def socket_activate(listen: list[Path], cmd: list[str], env: dict[str, str],
     args += [f"--setenv={k}={v}" for k, v in env.items()]
     with open(log, "ab") as out:
         proc = subprocess.Popen([*args, *cmd], stdout=out, stderr=out)
-    deadline = time.monotonic() + 10
-    while not all(p.exists() for p in listen):
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.02)
+    def listening() -> bool:
+        assert proc.poll() is None, log.read_text()
+        return all(p.exists() for p in listen)
+    wait_for(listening, 10, lambda: f"the activation sockets:\n{log.read_text()}")
     return proc
 
 

@@ -15,19 +15,17 @@ import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import wasmtime
 
 from daemon import errors
+from daemon.calls import Caller, DispatchFn
 from daemon.config import ExtensionLimits
 from daemon.extensions.fastpath import GuestCallError, HostCall, RawFunc, define_unchecked
 from daemon.extensions.runtime import ABI_IMPORTS, ABI_MODULE
 from daemon.jobs.context import ContextRegistry, JobContext
-
-if TYPE_CHECKING:
-    from rpc.dispatch import Caller
 
 log = logging.getLogger("sd.extensions")
 
@@ -36,9 +34,6 @@ MAX_JOB_NAME_BYTES = 128
 _LEVELS = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
 _enc = msgspec.json.Encoder()
 _json_check = msgspec.json.Decoder()
-
-# The dispatch callable handed down from the RPC layer (Dispatcher.execute_from_thread).
-DispatchFn = Callable[[str, "str | None", Any, "Caller"], Any]
 
 
 @dataclass(frozen=True)
@@ -130,7 +125,7 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
         return ptr
 
     def error_body(err: errors.SdError) -> bytes:
-        return _enc.encode({"error": {"code": err.code, "message": err.message}})
+        return _enc.encode({"error": errors.error_body(err)})
 
     def spacedrive_call(hc: HostCall, a: tuple[Any, ...]) -> int:
         method_ptr, method_len, lib_ptr, payload_ptr, payload_len = a

@@ -26,24 +26,22 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import wasmtime
 
 from daemon import errors
+from daemon.calls import EXTENSION, Caller, DispatchFn
 from daemon.config import ExtensionLimits
 from daemon.events import EventBus, ExtensionFailed, ExtensionLoaded, ExtensionUnloaded
-from daemon.extensions.host_functions import DispatchFn, HostEnv, LogLimiter, RegisteredJob
+from daemon.extensions.host_functions import HostEnv, LogLimiter, RegisteredJob
 from daemon.extensions.instance import GuestInstance
 from daemon.extensions.manifest import Manifest, read_manifest
 from daemon.extensions.policy import ExtensionPolicy
 from daemon.extensions.runtime import WasmRuntime, check_module_abi, job_export_ok
 from daemon.jobs.context import ContextRegistry, Interrupt, Interrupted, JobContext
 from daemon.jobs.types import JobRegistry, JobType
-
-if TYPE_CHECKING:
-    from daemon.core import Core
 
 log = logging.getLogger("sd.extensions")
 _enc = msgspec.json.Encoder()
@@ -121,13 +119,6 @@ class PluginManager:
             "wasm_job", True, WasmJobInput, self._run_job,
             "a job exported by a WebAssembly extension", owner=lambda i: i.extension_id,
             gate=self._job_gate))
-
-    @classmethod
-    def for_core(cls, core: Core) -> PluginManager:
-        return cls(bus=core.events, dispatch=core.dispatcher.execute_from_thread,
-                   plugin_dir=core.data_dir / "extensions", job_types=core.job_types,
-                   contexts=core.job_contexts, limits=core.config.extension_limits,
-                   on_loaded=core.resume_extension_jobs)
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self, bundled: Path | None) -> None:
@@ -394,9 +385,6 @@ class PluginManager:
         return plugin
 
     def _env(self, plugin: Plugin, phase: str) -> HostEnv:
-        from rpc.dispatch import Caller
-        from rpc.registry import EXTENSION
-
         assert plugin.policy is not None
         caller = Caller(EXTENSION, extension_id=plugin.manifest.id, policy=plugin.policy)
         return HostEnv(plugin.manifest.id, caller, self._dispatch, self._contexts, self.limits,

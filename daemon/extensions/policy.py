@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING
 
 from daemon import errors
+from daemon.calls import OperationSpec
 from daemon.config import ExtensionLimits
 from daemon.extensions.manifest import Manifest
-
-if TYPE_CHECKING:
-    from rpc.registry import Operation
 
 
 class ExtensionPolicy:
@@ -33,7 +30,7 @@ class ExtensionPolicy:
         self._last = time.monotonic()
         self._lock = threading.Lock()
 
-    def check(self, op: Operation, library_id: str | None) -> None:
+    def check(self, op: OperationSpec, library_id: str | None) -> None:
         if not self.prefixes or not op.name.startswith(self.prefixes):
             raise errors.PermissionDenied(
                 f"extension {self.extension_id} has no permission to call {op.name}",

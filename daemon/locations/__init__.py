@@ -1,6 +1,6 @@
 """Locations, their index (entries), content identity, tags and extension storage.
 
-``JOB_TYPES`` are the native jobs every Core registers (``Core.new_with_config``).
+``JOB_TYPES`` are the native jobs every Core registers (``Core.open``).
 """
 
 from daemon.jobs.types import JobType

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from rpc.registry import CLIENTS_ONLY, OPERATIONS, Empty
-
-if TYPE_CHECKING:
-    from rpc.dispatch import OpContext
+from rpc.registry import CLIENTS_ONLY, OPERATIONS, Empty, OpContext
 
 
 @OPERATIONS.register("query:core.status.v1", callers=CLIENTS_ONLY)

@@ -5,16 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from daemon import errors
 from daemon.locations import fs, store
-from rpc.registry import OPERATIONS
-
-if TYPE_CHECKING:
-    from rpc.dispatch import OpContext
+from rpc.registry import OPERATIONS, OpContext
 
 MAX_READ = 1024 * 1024
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from daemon import errors
 from daemon.events import EVENT_KINDS
-from rpc.registry import CLIENTS_ONLY, OPERATIONS
-
-if TYPE_CHECKING:
-    from rpc.dispatch import OpContext
+from rpc.registry import CLIENTS_ONLY, OPERATIONS, OpContext
 
 
 class Subscribe(msgspec.Struct, forbid_unknown_fields=True):

@@ -9,15 +9,12 @@ and is never callable by an extension whatever its manifest says.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from daemon.locations import kv
-from rpc.registry import CLIENTS_ONLY, OPERATIONS
-
-if TYPE_CHECKING:
-    from rpc.dispatch import OpContext
+from rpc.registry import CLIENTS_ONLY, OPERATIONS, OpContext
 
 CLIENT_NAMESPACE = "@client"
 _enc = msgspec.json.Encoder()

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from daemon import errors
 from daemon.extensions.manager import ExtensionInfo, PluginManager
-from rpc.registry import CLIENTS_ONLY, OPERATIONS, Empty
-
-if TYPE_CHECKING:
-    from rpc.dispatch import OpContext
+from rpc.registry import CLIENTS_ONLY, OPERATIONS, Empty, OpContext
 
 
 class ExtensionId(msgspec.Struct, forbid_unknown_fields=True):

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import msgspec
 
 from daemon import errors
 from daemon.libraries.manager import LibraryInfo
-from rpc.registry import CLIENTS_ONLY, OPERATIONS, Empty
-
-if TYPE_CHECKING:
-    from rpc.dispatch import OpContext
+from rpc.registry import CLIENTS_ONLY, OPERATIONS, Empty, OpContext
 
 
 class LibraryId(msgspec.Struct, forbid_unknown_fields=True):

@@ -11,11 +11,10 @@ import msgspec
 
 from daemon import errors
 from daemon.locations import IDENTIFY_JOB, INDEX_JOB, store
-from rpc.registry import OPERATIONS, Empty
+from rpc.registry import OPERATIONS, Empty, OpContext
 
 if TYPE_CHECKING:
     from daemon.libraries.manager import Library
-    from rpc.dispatch import OpContext
 
 
 class AddLocation(msgspec.Struct, forbid_unknown_fields=True):

@@ -5,15 +5,12 @@ Entries by tag: ``query:entries.list.v1`` with the ``tag`` filter.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from daemon.locations import tags
-from rpc.registry import OPERATIONS, Empty
-
-if TYPE_CHECKING:
-    from rpc.dispatch import OpContext
+from rpc.registry import OPERATIONS, Empty, OpContext
 
 
 class CreateTag(msgspec.Struct, forbid_unknown_fields=True):

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
-from rpc.registry import CLIENTS_ONLY, OPERATIONS
-
-if TYPE_CHECKING:
-    from rpc.dispatch import OpContext
+from rpc.registry import CLIENTS_ONLY, OPERATIONS, OpContext
 
 
 @OPERATIONS.register("query:test.ping.v1", dict[str, Any])
