@@ -41,7 +41,7 @@ def job_list(ctx: Ctx, status: str | None, library: str | None) -> None:
             return
         print_table([{**r, "progress": f"{r['progress'] * 100:.0f}%",
                       "created": fmt_time(r["created_at"])} for r in rows],
-                    ["id", "name", "status", "progress", "items", "created", "message"])
+                    ["id", "name", "status", "progress", "items", "created", "message", "error"])
     ctx.out(rows, human)
 
 

@@ -85,6 +85,9 @@ class HostEnv:
     job_id: str | None = None
     registered: list[RegisteredJob] = field(default_factory=list)
     alloc: RawFunc | None = None
+    # The last error-level line the guest logged: its own reason when a call into it
+    # fails (JobResult::failed, the SDK's parse errors, a panic message before its trap).
+    last_error: str | None = None
 
     def job_context(self, hc: HostCall, ptr: int) -> JobContext:
         """The live context of the job this instance runs, if ``ptr`` names it."""
@@ -156,6 +159,8 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
     def spacedrive_log(hc: HostCall, a: tuple[Any, ...]) -> None:
         level, ptr, length = a
         text = _text(hc, ptr, length, limits.max_log_bytes, "log message")
+        if level == 3:
+            env.last_error = text  # kept even when the line itself is rate limited
         ok, suppressed = env.log_limiter.allow()
         if suppressed:
             glog.warning("[%s] %d log lines suppressed (rate limit)", env.extension_id, suppressed)

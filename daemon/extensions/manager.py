@@ -274,9 +274,13 @@ class PluginManager:
         env = self._env(plugin, "init")
         plugin.main = GuestInstance(self.runtime.engine, module, env,
                                     self._memory_bytes(m), self.limits)
-        code = plugin.main.call("plugin_init")
+        try:
+            code = plugin.main.call("plugin_init")
+        except errors.ExtensionError as e:
+            raise errors.ExtensionError(failure_reason(env.last_error, e.message)) from None
         if code != 0:
-            raise errors.ExtensionError(f"plugin_init of {m.id} returned {code}")
+            raise errors.ExtensionError(failure_reason(
+                env.last_error, f"plugin_init of {m.id} returned {code}"))
         for job in env.registered:
             if not job_export_ok(module, job.export):
                 raise errors.ExtensionError(
@@ -366,7 +370,11 @@ class PluginManager:
                                  self._memory_bytes(plugin.manifest), self.limits)
         ctx_json = _enc.encode(JobCtxJson(ctx.job_id, ctx.library_id, inp.extension_id,
                                           ctx.resumed))
-        code = instance.run_job(job.export, ctx_json, state)
+        try:
+            code = instance.run_job(job.export, ctx_json, state)
+        except errors.ExtensionError as e:
+            # A trap: the guest's own reason (e.g. the SDK's panic message) comes first.
+            raise errors.ExtensionError(failure_reason(env.last_error, e.message)) from None
         if code == 0:
             return None if ctx.checkpoint_bytes is None else _json.decode(ctx.checkpoint_bytes)
         if code == 1:
@@ -374,7 +382,8 @@ class PluginManager:
                 raise errors.ExtensionError(
                     f"job {job.name} of {inp.extension_id} returned 'interrupted' unasked")
             raise Interrupted()
-        raise errors.ExtensionError(f"job {job.name} of {inp.extension_id} failed with code {code}")
+        raise errors.ExtensionError(failure_reason(
+            env.last_error, f"job {job.name} of {inp.extension_id} failed with code {code}"))
 
     # --- helpers ---------------------------------------------------------------------------------
     def _loaded(self, ext_id: str) -> Plugin:
@@ -409,6 +418,14 @@ class PluginManager:
         tmp = self.plugin_dir / "loaded.json.tmp"
         tmp.write_bytes(_enc.encode(sorted(ids)))
         os.replace(tmp, self.plugin_dir / "loaded.json")
+
+
+def failure_reason(guest_error: str | None, host_detail: str) -> str:
+    """Why a call into a guest failed: the guest's last error-level log line, if it wrote
+    one during the call, then what the host saw (a return code or a trap)."""
+    if not guest_error:
+        return host_detail
+    return f"{guest_error} ({host_detail})"
 
 
 def _digest(data: bytes) -> str:

@@ -1,0 +1,92 @@
+"""Operating extensions through the real daemon and the CLI: failure reasons."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BIN, BUILT_EXTENSIONS, Daemon, wait_for
+
+
+@pytest.fixture
+def ext_daemon(tmpdir_short: Path):  # type: ignore[no-untyped-def]
+    d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock",
+               extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS)]).start()
+    yield d
+    if d.proc is not None and d.proc.poll() is None:
+        d.stop()
+
+
+class EventTap:
+    """``sd --json events`` running beside a test, its lines collected in a file."""
+
+    def __init__(self, d: Daemon, path: Path) -> None:
+        self.path = path
+        self._out = open(path, "wb")
+        self.proc = subprocess.Popen([str(BIN / "sd"), "--socket", str(d.socket), "--json",
+                                      "events"], stdout=self._out, stderr=subprocess.STDOUT)
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.startswith("{")]
+
+    def wait(self, pred: Any, what: str, timeout: float = 30) -> dict[str, Any]:
+        return wait_for(lambda: next((e for e in self.events() if pred(e)), None), timeout, what)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self._out.close()
+
+
+@pytest.fixture
+def tap(ext_daemon: Daemon, tmpdir_short: Path) -> Iterator[EventTap]:
+    """An event tap known to be subscribed: it has seen the library the test works in."""
+    t = EventTap(ext_daemon, tmpdir_short / "events.jsonl")
+    ext_daemon.sd("library", "create", "L", check=True)
+    t.wait(lambda e: e["kind"] == "library.created", "the tap to see library.created")
+    yield t
+    t.close()
+
+
+@pytest.mark.parametrize("job, state, reason", [
+    # The SDK's state parse error (code 4): the issue's own example.
+    ("counter", None, "invalid job state: missing field `target`"),
+    # JobResult::failed(msg), code 2.
+    ("fail", None, "deliberate failure"),
+    # A Rust panic: the SDK's hook logs it, then the module traps.
+    ("trap", None, "extension panicked at 'deliberate trap'"),
+])
+def test_failure_reason_reaches_the_user(ext_daemon: Daemon, tap: EventTap, job: str,
+                                         state: str | None, reason: str) -> None:
+    d = ext_daemon
+    r = d.sd("job", "run", "test-extension", job, "--wait", *(["--state", state] if state else []))
+    assert r.returncode == 4, r.stdout + r.stderr
+    job_id = r.stdout.split("queued job ", 1)[1].split()[0]
+    last = r.stderr.strip().splitlines()[-1]
+    # The last line of `job run --wait`.
+    assert last.startswith(f"job {job_id} failed: ") and reason in last, last
+    # `job info`.
+    info = d.sd_json("job", "info", job_id)
+    assert info["status"] == "failed" and reason in info["error"]
+    if job == "trap":
+        assert "unreachable" in info["error"]  # and what the host saw
+    else:
+        assert f"job {job} of test-extension failed with code" in info["error"]
+    r = d.sd("job", "info", job_id, check=True)
+    assert reason in r.stdout
+    # The error column of `job list` (human and --json).
+    r = d.sd("job", "list", check=True)
+    header = r.stdout.splitlines()[0].split()
+    assert header[-1] == "error" and reason in r.stdout
+    assert any(j["id"] == job_id and reason in j["error"] for j in d.sd_json("job", "list"))
+    # The job.failed event.
+    failed = tap.wait(lambda e: e["kind"] == "job.failed" and e["job_id"] == job_id,
+                      "job.failed")
+    assert reason in failed["error"]
+    # `job watch` of the finished job ends with the same line.
+    r = d.sd("job", "watch", job_id)
+    assert r.returncode == 4 and reason in r.stderr.strip().splitlines()[-1]
