@@ -219,7 +219,9 @@ def test_call_flood_is_rate_limited(host: Host) -> None:
         host.healthy(None)
     info = host.wait(job)
     assert info["status"] == "completed", info
-    assert info["output"]["errors"] >= 20000 - 20  # a one-second burst at most got through
+    # 10 a second: a one-second burst plus what the bucket refilled while the job ran.
+    allowed = 10 + 10 * (info["finished_at"] - info["started_at"]) + 1
+    assert 20000 - info["output"]["errors"] <= allowed, (info["output"], allowed)
     host.healthy(companion)
 
 
