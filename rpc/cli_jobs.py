@@ -29,11 +29,15 @@ def job() -> None:
 @job.command("list")
 @click.option("--status", type=click.Choice(
     ["queued", "running", "paused", "completed", "failed", "cancelled"]), default=None)
+@click.option("--extension", "extension_id", default=None, metavar="ID",
+              help="Only the jobs of this extension")
 @library_option
 @pass_ctx
-def job_list(ctx: Ctx, status: str | None, library: str | None) -> None:
+def job_list(ctx: Ctx, status: str | None, extension_id: str | None,
+             library: str | None) -> None:
     """List jobs, newest first."""
-    rows = ctx.lib_call(library, "query:jobs.list.v1", {"status": status})
+    rows = ctx.lib_call(library, "query:jobs.list.v1",
+                        {"status": status, "extension_id": extension_id})
 
     def human(rows: list[dict[str, Any]]) -> None:
         if not rows:

@@ -44,8 +44,9 @@ class EventTap:
 
 @pytest.fixture
 def tap(ext_daemon: Daemon, tmpdir_short: Path) -> Iterator[EventTap]:
-    """An event tap known to be subscribed: it has seen the library the test works in."""
+    """An event tap known to be subscribed (the daemon counts it), and one library."""
     t = EventTap(ext_daemon, tmpdir_short / "events.jsonl")
+    wait_for(lambda: ext_daemon.sd_json("status")["subscribers"] >= 1, 30, "the tap to subscribe")
     ext_daemon.sd("library", "create", "L", check=True)
     t.wait(lambda e: e["kind"] == "library.created", "the tap to see library.created")
     yield t
@@ -90,3 +91,56 @@ def test_failure_reason_reaches_the_user(ext_daemon: Daemon, tap: EventTap, job:
     # `job watch` of the finished job ends with the same line.
     r = d.sd("job", "watch", job_id)
     assert r.returncode == 4 and reason in r.stderr.strip().splitlines()[-1]
+
+
+def test_extension_jobs_are_named_by_what_they_are(ext_daemon: Daemon, tap: EventTap) -> None:
+    d = ext_daemon
+    r = d.sd("job", "run", "test-extension", "counter", "--state", '{"target": 3}', "--wait")
+    assert r.returncode == 0, r.stderr
+    # The progress bar's line names the job (rich renders it when the output is not a tty).
+    assert "test-extension:counter" in r.stdout, r.stdout
+    job_id = r.stdout.split("queued job ", 1)[1].split()[0]
+    d.sd("job", "dispatch", "test.steps", "--input", '{"count": 1}', "--wait", check=True)
+    info = d.sd_json("job", "info", job_id)
+    assert (info["name"], info["type"], info["extension_id"]) == (
+        "test-extension:counter", "wasm_job", "test-extension")
+    # The wasm_job input stays the seed's.
+    assert set(info["input"]) == {"extension_id", "export_fn", "state_json"}
+    names = {j["id"]: j["name"] for j in d.sd_json("job", "list")}
+    assert names[job_id] == "test-extension:counter"
+    assert sorted(names.values()) == ["test-extension:counter", "test.steps"]
+    r = d.sd("job", "list", check=True)
+    assert "test-extension:counter" in r.stdout and "test.steps" in r.stdout
+    # --extension filters.
+    only = d.sd_json("job", "list", "--extension", "test-extension")
+    assert [j["id"] for j in only] == [job_id]
+    assert d.sd_json("job", "list", "--extension", "duplicate-finder") == []
+    r = d.sd("job", "list", "--extension", "test-extension", check=True)
+    assert "test-extension:counter" in r.stdout and "test.steps" not in r.stdout
+    # Every event of the job carries the name.
+    tap.wait(lambda e: e["kind"] == "job.completed" and e.get("job_id") == job_id, "completed")
+    kinds = {e["kind"]: e["name"] for e in tap.events() if e.get("job_id") == job_id}
+    assert set(kinds) >= {"job.queued", "job.started", "job.progress", "job.completed"}, kinds
+    assert set(kinds.values()) == {"test-extension:counter"}
+    # A job dispatched through the seed's API (wasm_job and an export) gets the name too.
+    lib = d.sd_json("library", "list")[0]["id"]
+    r = d.rpc("action:jobs.dispatch.input.v1", {"name": "wasm_job", "input": {
+        "extension_id": "test-extension", "export_fn": "execute_test_fail"}}, lib)
+    assert d.sd_json("job", "info", r["result"]["job_id"])["name"] == "test-extension:fail"
+
+
+async def test_jobs_of_a_schema_2_library_keep_their_type_name(tmp_path: Path) -> None:
+    """A library written before job labels existed opens, and its jobs are shown as before."""
+    from daemon.jobs import store
+    from daemon.libraries.db import Database
+    from daemon.libraries.schema import MIGRATIONS
+
+    old = Database(tmp_path / "library.db", MIGRATIONS[:2])
+    old.run_sync(lambda c: c.execute(
+        "INSERT INTO jobs (id, name, input, status, resumable, created_at, queued_at, "
+        "updated_at) VALUES ('j1', 'wasm_job', '{}', 'completed', 1, 1, 1, 1)"))
+    await old.close()
+    db = Database(tmp_path / "library.db", MIGRATIONS)
+    rows = db.run_sync(lambda c: store.list_jobs(c, None, 10, None))
+    await db.close()
+    assert [(r.id, r.label, r.title) for r in rows] == [("j1", None, "wasm_job")]

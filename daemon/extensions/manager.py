@@ -118,7 +118,7 @@ class PluginManager:
         job_types.register(JobType(
             "wasm_job", True, WasmJobInput, self._run_job,
             "a job exported by a WebAssembly extension", owner=lambda i: i.extension_id,
-            gate=self._job_gate))
+            gate=self._job_gate, label=self.job_label))
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self, bundled: Path | None) -> None:
@@ -185,6 +185,15 @@ class PluginManager:
             raise errors.NotFound(f"extension {ext_id} has no job {job_name!r}",
                                   {"jobs": sorted(plugin.jobs)})
         return job.export
+
+    def job_label(self, inp: WasmJobInput) -> str:
+        """``<extension>:<job>``: the name the extension registered for the export
+        (the export's own name if the extension is not loaded or has no such job)."""
+        plugin = self._plugins.get(inp.extension_id)
+        name = inp.export_fn
+        if plugin is not None:
+            name = next((j.name for j in plugin.jobs.values() if j.export == inp.export_fn), name)
+        return f"{inp.extension_id}:{name}"
 
     # --- install / load / unload -------------------------------------------------------------
     async def install(self, source: Path, *, load: bool = True) -> Manifest:

@@ -68,10 +68,12 @@ class JobContext:
         items: int = 0,
         bytes_: int = 0,
         warnings: list[str] | None = None,
+        title: str | None = None,
     ) -> None:
         self.job_id = job_id
         self.library_id = library_id
-        self.name = name
+        self.name = name  # the job type's
+        self.title = title or name  # what the job is called where it is shown
         self.resumed = resumed
         self.extension_id = extension_id
         self.checkpoint_bytes = checkpoint
@@ -132,10 +134,10 @@ class JobContext:
                 more = int(self.warnings[-1].split(" ", 1)[0]) + 1
                 self.warnings[-1] = f"{more} more warnings not kept"
         if n < MAX_LOGGED_WARNINGS:
-            log.warning("job %s (%s): %s", self.job_id, self.name, message)
+            log.warning("job %s (%s): %s", self.job_id, self.title, message)
 
     def log(self, message: str, level: int = logging.INFO) -> None:
-        log.log(level, "job %s (%s): %s", self.job_id, self.name, message)
+        log.log(level, "job %s (%s): %s", self.job_id, self.title, message)
 
     # --- interruption --------------------------------------------------------------
     def request(self, interrupt: Interrupt, reason: str = "user") -> None:
@@ -219,7 +221,7 @@ class JobContext:
             return
         self._emitted = current
         self._bus.publish(JobProgress(
-            library_id=self.library_id, job_id=self.job_id, name=self.name,
+            library_id=self.library_id, job_id=self.job_id, name=self.title,
             progress=current[0], message=current[1], items=current[2], bytes=current[3]))
 
 

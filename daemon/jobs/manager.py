@@ -57,7 +57,7 @@ class JobInfo(msgspec.Struct):
 
     id: str
     library_id: str
-    name: str
+    name: str  # what it is called, e.g. "duplicate-finder:find"
     status: str
     resumable: bool
     extension_id: str | None
@@ -78,6 +78,7 @@ class JobInfo(msgspec.Struct):
     interrupt_requested: str | None = None
     input: Any = None
     transitions: list[Transition] | None = None
+    type: str = ""  # the job type, e.g. "wasm_job"
 
 
 class JobHandle:
@@ -200,10 +201,12 @@ class JobManager:
         input_json = _enc.encode(value)
         if extension_id is None and jt.owner is not None:
             extension_id = jt.owner(value)
+        label = jt.label(value) if jt.label is not None else None
         job_id = str(uuid.uuid4())
         await self._db.run(lambda c: store.insert(c, job_id, name, input_json, jt.resumable,
-                                                  extension_id))
-        self._bus.publish(JobQueued(library_id=self.library_id, job_id=job_id, name=name))
+                                                  extension_id, label))
+        self._bus.publish(JobQueued(library_id=self.library_id, job_id=job_id,
+                                    name=label or name))
         self._schedule(job_id)
         return job_id
 
@@ -219,10 +222,11 @@ class JobManager:
                 lambda c: store.transitions(c, job_id))]
         return self._info(row, trans)
 
-    async def list(self, status: str | None = None, limit: int = 100) -> builtins.list[JobInfo]:
+    async def list(self, status: str | None = None, limit: int = 100, *,
+                   extension_id: str | None = None) -> builtins.list[JobInfo]:
         if status is not None and status not in store.STATUSES:
             raise errors.InvalidParams(f"unknown status {status!r}; one of {store.STATUSES}")
-        rows = await self._db.run(lambda c: store.list_jobs(c, status, limit))
+        rows = await self._db.run(lambda c: store.list_jobs(c, status, limit, extension_id))
         return [self._info(r, None) for r in rows]
 
     async def pause(self, job_id: str) -> str:
@@ -230,13 +234,13 @@ class JobManager:
         row = await self._row(job_id)
         if row.status == "running" and job_id in self._running:
             if not row.resumable:
-                raise errors.InvalidState(f"job {job_id} ({row.name}) is not resumable, so it cannot pause")
+                raise errors.InvalidState(f"job {job_id} ({row.title}) is not resumable, so it cannot pause")
             self._running[job_id].request(Interrupt.PAUSE, "user")
             return "pause_requested"
         if row.status == "queued":
             if await self._db.run(lambda c: store.transition(
                     c, job_id, "paused", expect=("queued",), pause_reason="user")):
-                self._bus.publish(JobPaused(library_id=self.library_id, job_id=job_id, name=row.name))
+                self._bus.publish(JobPaused(library_id=self.library_id, job_id=job_id, name=row.title))
                 return "paused"
         raise errors.InvalidState(f"job {job_id} is {row.status}; only queued or running jobs pause")
 
@@ -248,7 +252,7 @@ class JobManager:
             raise errors.ShuttingDown("the daemon is shutting down")
         await self._db.run(lambda c: store.transition(c, job_id, "queued", expect=("paused",),
                                                       note="resumed"))
-        self._bus.publish(JobResumed(library_id=self.library_id, job_id=job_id, name=row.name))
+        self._bus.publish(JobResumed(library_id=self.library_id, job_id=job_id, name=row.title))
         self._schedule(job_id)
         return "queued"
 
@@ -267,7 +271,7 @@ class JobManager:
         if row.status in ("queued", "paused"):
             if await self._db.run(lambda c: store.transition(
                     c, job_id, "cancelled", expect=("queued", "paused"))):
-                self._finished(job_id, row.name, "cancelled", None, None)
+                self._finished(job_id, row.title, "cancelled", None, None)
                 return "cancelled"
         raise errors.InvalidState(f"job {job_id} is {row.status}; it cannot be cancelled")
 
@@ -281,7 +285,8 @@ class JobManager:
     def _info(self, row: store.JobRow, trans: builtins.list[Transition] | None) -> JobInfo:
         ctx = self._running.get(row.id)
         info = JobInfo(
-            id=row.id, library_id=self.library_id, name=row.name, status=row.status,
+            id=row.id, library_id=self.library_id, name=row.title, type=row.name,
+            status=row.status,
             resumable=row.resumable, extension_id=row.extension_id, created_at=row.created_at,
             started_at=row.started_at, finished_at=row.finished_at, updated_at=row.updated_at,
             progress=row.progress, message=row.message, items=row.items, bytes=row.bytes,
@@ -347,7 +352,7 @@ class JobManager:
                 job_id=job_id, library_id=self.library_id, name=row.name, resumed=resumed,
                 checkpoint=row.checkpoint, db=self._db, bus=self._bus, loop=self._loop,
                 extension_id=row.extension_id, progress=row.progress, message=row.message,
-                items=row.items, bytes_=row.bytes, warnings=row.warnings)
+                items=row.items, bytes_=row.bytes, warnings=row.warnings, title=row.title)
             if not await self._db.run(lambda c: store.transition(
                     c, job_id, "running", expect=("queued",))):
                 return None
@@ -360,7 +365,7 @@ class JobManager:
         finally:
             self._starting.discard(job_id)
         self._bus.publish(JobStarted(library_id=self.library_id, job_id=job_id,
-                                     name=row.name, resumed=resumed))
+                                     name=row.title, resumed=resumed))
         return ctx
 
     async def _execute(self, jt: JobType, ctx: JobContext, value: Any, row: store.JobRow) -> None:
@@ -376,12 +381,12 @@ class JobManager:
                 await self._db.run(lambda c: store.transition(
                     c, job_id, "paused", expect=("running",), progress=ctx.snapshot(),
                     pause_reason="shutdown", note="paused for shutdown"))
-                self._bus.publish(JobPaused(library_id=self.library_id, job_id=job_id, name=row.name))
+                self._bus.publish(JobPaused(library_id=self.library_id, job_id=job_id, name=row.title))
                 return
             if ctx.interrupt is Interrupt.CANCEL:
                 await self._db.run(lambda c: store.transition(
                     c, job_id, "cancelled", expect=("running",), progress=ctx.snapshot()))
-                self._finished(job_id, row.name, "cancelled", None, None)
+                self._finished(job_id, row.title, "cancelled", None, None)
             else:
                 # "user" waits for an explicit resume; EXTENSION_PAUSES end when the
                 # extension is loaded again (PluginManager's on_loaded).
@@ -389,14 +394,14 @@ class JobManager:
                 await self._db.run(lambda c: store.transition(
                     c, job_id, "paused", expect=("running",), progress=ctx.snapshot(),
                     pause_reason=reason, note=None if reason == "user" else reason))
-                self._bus.publish(JobPaused(library_id=self.library_id, job_id=job_id, name=row.name))
+                self._bus.publish(JobPaused(library_id=self.library_id, job_id=job_id, name=row.title))
             return
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - a job's failure is data, not a crash
             msg = e.message if isinstance(e, errors.SdError) else (str(e) or type(e).__name__)
             if not isinstance(e, errors.SdError):
-                log.info("job %s (%s) raised %s: %s", job_id, row.name, type(e).__name__, e)
+                log.info("job %s (%s) raised %s: %s", job_id, row.title, type(e).__name__, e)
             ctx.emit_progress_if_changed()
             await self._fail(row, msg, ctx)
             return
@@ -410,13 +415,13 @@ class JobManager:
             c, job_id, "completed", expect=("running",), progress=ctx.snapshot(), output=output_json))
         # Events carry small outputs only; a subscriber's queue must not hold megabytes.
         small = len(output_json) <= MAX_EVENT_OUTPUT_BYTES
-        self._finished(job_id, row.name, "completed", output if small else None, None)
+        self._finished(job_id, row.title, "completed", output if small else None, None)
 
     async def _fail(self, row: store.JobRow, message: str, ctx: JobContext | None) -> None:
         progress = ctx.snapshot() if ctx is not None else None
         await self._db.run(lambda c: store.transition(
             c, row.id, "failed", expect=("running", "queued"), progress=progress, error=message))
-        self._finished(row.id, row.name, "failed", None, message)
+        self._finished(row.id, row.title, "failed", None, message)
 
     def _finished(self, job_id: str, name: str, status: str, output: Any, error: str | None) -> None:
         if status == "completed":
@@ -437,10 +442,10 @@ class JobManager:
             if row.status == "completed":
                 return None if row.output is None else msgspec.json.decode(row.output)
             if row.status == "failed":
-                raise errors.JobFailed(f"job {job_id} ({row.name}) failed: {row.error}",
+                raise errors.JobFailed(f"job {job_id} ({row.title}) failed: {row.error}",
                                        {"job_id": job_id, "error": row.error})
             if row.status == "cancelled":
-                raise errors.JobCancelled(f"job {job_id} ({row.name}) was cancelled",
+                raise errors.JobCancelled(f"job {job_id} ({row.title}) was cancelled",
                                           {"job_id": job_id})
             fut: asyncio.Future[Any] = self._loop.create_future()
             self._waiters.setdefault(job_id, []).append(fut)

@@ -55,12 +55,18 @@ class JobRow(msgspec.Struct):
     checkpoint_at: float | None
     checkpoints: int
     pause_reason: str | None
+    label: str | None
+
+    @property
+    def title(self) -> str:
+        """What the job is called where it is shown: its label, else its type's name."""
+        return self.label or self.name
 
 
 _COLUMNS = (
     "id, name, input, status, resumable, extension_id, created_at, queued_at, started_at, "
     "finished_at, updated_at, progress, message, items, bytes, warnings, error, output, "
-    "checkpoint, checkpoint_at, checkpoints, pause_reason"
+    "checkpoint, checkpoint_at, checkpoints, pause_reason, label"
 )
 _warnings = msgspec.json.Decoder(list[str])
 _enc = msgspec.json.Encoder()
@@ -74,13 +80,13 @@ def _row(r: tuple[Any, ...]) -> JobRow:
 
 
 def insert(conn: sqlite3.Connection, job_id: str, name: str, input_json: bytes,
-           resumable: bool, extension_id: str | None) -> None:
+           resumable: bool, extension_id: str | None, label: str | None = None) -> None:
     now = time.time()
     with transaction(conn):
         conn.execute(
             "INSERT INTO jobs (id, name, input, status, resumable, extension_id, created_at, "
-            "queued_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
-            (job_id, name, input_json, int(resumable), extension_id, now, now, now))
+            "queued_at, updated_at, label) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+            (job_id, name, input_json, int(resumable), extension_id, now, now, now, label))
         conn.execute("INSERT INTO job_transitions VALUES (?, 'queued', ?, NULL)", (job_id, now))
 
 
@@ -89,13 +95,18 @@ def get(conn: sqlite3.Connection, job_id: str) -> JobRow | None:
     return None if r is None else _row(r)
 
 
-def list_jobs(conn: sqlite3.Connection, status: str | None, limit: int) -> list[JobRow]:
-    if status is None:
-        rows = conn.execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY seq DESC LIMIT ?", (limit,))
-    else:
-        rows = conn.execute(
-            f"SELECT {_COLUMNS} FROM jobs WHERE status = ? ORDER BY seq DESC LIMIT ?",
-            (status, limit))
+def list_jobs(conn: sqlite3.Connection, status: str | None, limit: int,
+              extension_id: str | None = None) -> list[JobRow]:
+    where, args = [], []
+    if status is not None:
+        where.append("status = ?")
+        args.append(status)
+    if extension_id is not None:
+        where.append("extension_id = ?")
+        args.append(extension_id)
+    cond = f"WHERE {' AND '.join(where)} " if where else ""
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM jobs {cond}ORDER BY seq DESC LIMIT ?",
+                        (*args, limit))
     return [_row(r) for r in rows]
 
 

@@ -34,6 +34,9 @@ class JobType:
     # A semaphore a job of this type must hold before it takes a global job slot
     # (an extension's concurrent_jobs), so waiting for it never blocks other jobs.
     gate: Callable[[Any], asyncio.Semaphore | None] | None = None
+    # What a job of this type is called where it is shown, from its input
+    # (``<extension>:<job>`` for wasm_job); None: the type's name.
+    label: Callable[[Any], str | None] | None = None
     is_async: bool = field(init=False)
 
     def __post_init__(self) -> None:

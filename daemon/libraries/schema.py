@@ -99,4 +99,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (extension_id, key)
     ) WITHOUT ROWID
     """,
+    # 3: what a job is called where it is shown (e.g. "duplicate-finder:find" for a
+    # wasm_job); NULL: its type's name.
+    """
+    ALTER TABLE jobs ADD COLUMN label TEXT;
+    CREATE INDEX jobs_by_extension ON jobs (extension_id, seq)
+    """,
 ]

@@ -23,6 +23,7 @@ class JobInfoInput(msgspec.Struct, forbid_unknown_fields=True):
 class ListJobs(msgspec.Struct, forbid_unknown_fields=True):
     status: str | None = None
     limit: int = 100
+    extension_id: str | None = None  # only this extension's jobs
 
 
 class Dispatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -39,7 +40,8 @@ class JobTypeInfo(msgspec.Struct):
 @OPERATIONS.register("query:jobs.list.v1", ListJobs, library=True)
 async def list_jobs(ctx: OpContext, inp: ListJobs) -> list[JobInfo]:
     """Jobs of the library, newest first (an extension sees only its own)."""
-    jobs = await ctx.need_library().jobs.list(inp.status, max(1, min(inp.limit, 10_000)))
+    jobs = await ctx.need_library().jobs.list(inp.status, max(1, min(inp.limit, 10_000)),
+                                              extension_id=inp.extension_id)
     return [j for j in jobs if ctx.caller.sees_job(j.extension_id)]
 
 
