@@ -15,18 +15,35 @@ from rpc import cli_core, cli_entries, cli_ext, cli_jobs, cli_library, cli_locat
 from rpc.cli_common import Ctx
 from rpc.client import default_socket
 
+EPILOG = """\b
+Examples:
+  sd library create Photos
+  sd location add ~/Pictures --identify --wait
+  sd entries ls --location 1 --ext jpg
+  sd job list -l Photos
+  sd --json job watch JOB_ID | jq .progress
+  eval "$(sd completion bash)"      # completion (also zsh, fish)
+"""
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 80},
+             epilog=EPILOG)
 @click.option("--socket", type=click.Path(path_type=Path), envvar="SD_SOCKET", default=None,
               help="Daemon socket [env SD_SOCKET]")
 @click.option("--json", "as_json", is_flag=True, help="Print raw JSON results (for scripts)")
 @click.pass_context
 def cli(ctx: click.Context, socket: Path | None, as_json: bool) -> None:
-    """Talk to the sd daemon."""
+    """Talk to the sd daemon.
+
+    Commands that work in a library take -l/--library (a name, an id or a
+    unique id prefix; env SD_LIBRARY) and default to the only library. --json
+    goes before the command; `sd COMMAND --help` tells more.
+    """
     ctx.obj = Ctx(socket or default_socket(), as_json)
 
 
 for command in (cli_core.status, cli_core.call, cli_core.events, cli_core.daemon,
+                cli_core.completion,
                 cli_library.library, cli_jobs.job, cli_ext.ext, cli_locations.location,
                 cli_entries.entries, cli_tags.tag):
     cli.add_command(command)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,14 @@ from typing import Any, NoReturn, TypeVar
 import click
 import msgspec
 
-from daemon.errors import ConnectError, JobCancelled, JobFailed, SdError
+from daemon.errors import (
+    ConnectError,
+    InvalidParams,
+    JobCancelled,
+    JobFailed,
+    LibraryNotFound,
+    SdError,
+)
 from rpc.client import Client
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONNECT, EXIT_JOB_FAILED, EXIT_JOB_CANCELLED, EXIT_JOB_PAUSED = range(7)
@@ -41,8 +49,31 @@ def exit_code_for(err: SdError) -> int:
 
 
 def fail(err: SdError) -> NoReturn:
-    click.echo(f"error: {err.message}", err=True)
+    message = name_flags(err.message) if isinstance(err, InvalidParams) else err.message
+    click.echo(f"error: {message}", err=True)
     sys.exit(exit_code_for(err))
+
+
+def name_flags(message: str) -> str:
+    """The one place payload field names become the flags the user typed: in an error
+    about the arguments of the running command, ``location_id`` (or `` `$.location_id` ``)
+    reads ``--location``. A field is the name of the option that fills it."""
+    cctx = click.get_current_context(silent=True)
+    if cctx is None:
+        return message
+    argv = sys.argv[1:]
+    flags: dict[str, str] = {}
+    for param in cctx.command.params:
+        if isinstance(param, click.Option) and param.name and param.name != "library":
+            opts = [o for o in param.opts if o.startswith("--")] or param.opts
+            typed = [o for o in param.opts
+                     if any(a == o or a.startswith(o + "=") for a in argv)]
+            flags[param.name] = (typed or opts)[0]
+    if not flags:
+        return message
+    names = "|".join(sorted(map(re.escape, flags), key=len, reverse=True))
+    field = re.compile(rf"`?\$\.({names})`?(?![\w.])|(?<![\w$.-])({names})(?![\w-])")
+    return field.sub(lambda m: flags[m.group(1) or m.group(2)], message)
 
 
 class Ctx:
@@ -113,6 +144,19 @@ def fmt_time(t: float | None) -> str:
     return "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
+def percent(progress: float) -> int:
+    """A job's progress as the whole percent done, rounded down like the jobs' own
+    messages ("26% complete" until 27% is reached); the slack absorbs float32 error."""
+    return max(0, min(100, int(progress * 100 + 1e-4)))
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-:--:--"
+    s = max(0, int(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
 def fmt_size(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -123,25 +167,79 @@ def fmt_size(n: int) -> str:
 
 
 # --- libraries ------------------------------------------------------------------------------
+LIBRARY_HELP = "Library: a name, id or id prefix (default: the only one) [env SD_LIBRARY]"
+
+
+def _complete_library(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Shell completion of ``--library``: the names (and ids) of the daemon's libraries."""
+    from click.shell_completion import CompletionItem
+
+    root = ctx.find_root()
+    socket = root.params.get("socket")
+
+    async def names() -> list[dict[str, Any]]:
+        async with await Client.connect(socket) as c:
+            return await c.call("query:libraries.list.v1")  # type: ignore[no-any-return]
+    try:
+        libs = asyncio.run(asyncio.wait_for(names(), 2))
+    except (SdError, OSError, TimeoutError):
+        return []
+    items = [CompletionItem(lib["name"], help=lib["id"]) for lib in libs
+             if lib["name"].startswith(incomplete) and " " not in lib["name"]]
+    return items + [CompletionItem(lib["id"], help=lib["name"]) for lib in libs
+                    if incomplete and lib["id"].startswith(incomplete)]
+
+
 def library_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``--library``: defaults to $SD_LIBRARY, else the only library there is."""
+    """``--library``/``-l``: a name, id or id prefix; defaults to $SD_LIBRARY, else the
+    only library there is."""
     @click.option("--library", "-l", "library", envvar="SD_LIBRARY", default=None,
-                  help="Library id [env SD_LIBRARY; default: the only library]")
+                  metavar="LIBRARY", help=LIBRARY_HELP, shell_complete=_complete_library)
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     return wrapper
 
 
-async def resolve_library(client: Client, library: str | None) -> str:
-    if library:
-        return library
-    libs = await client.call("query:libraries.list.v1")
-    if len(libs) == 1:
-        return str(libs[0]["id"])
+def _listing(libs: list[dict[str, Any]]) -> str:
+    shown = libs[:20]
+    lines = [f"  {lib['id']}  {lib['name']}" for lib in shown]
+    if len(libs) > len(shown):
+        lines.append(f"  ... and {len(libs) - len(shown)} more (sd library list)")
+    return "\n".join(lines)
+
+
+def pick_library(libs: list[dict[str, Any]], spec: str | None) -> str:
+    """The id of the library ``spec`` names (an id, a name, or a unique id prefix), or of
+    the only library when ``spec`` is None. Errors list the candidates and the flag."""
+    if not spec:
+        if len(libs) == 1:
+            return str(libs[0]["id"])
+        if not libs:
+            raise LibraryNotFound("no library exists yet; create one with `sd library create NAME`")
+        raise SdError(f"{len(libs)} libraries exist; choose one with -l/--library NAME "
+                      f"(or SD_LIBRARY):\n{_listing(libs)}")
+    for lib in libs:
+        if lib["id"] == spec:
+            return spec
+    for matches in ([lib for lib in libs if lib["name"] == spec],
+                    [lib for lib in libs if lib["name"].casefold() == spec.casefold()],
+                    [lib for lib in libs if lib["id"].startswith(spec.lower())]):
+        if len(matches) == 1:
+            return str(matches[0]["id"])
+        if matches:
+            raise SdError(f"{len(matches)} libraries match {spec!r}; choose one by id with "
+                          f"-l/--library ID:\n{_listing(matches)}")
     if not libs:
-        raise SdError("no library exists yet; create one with `sd library create NAME`")
-    raise SdError("several libraries exist; choose one with --library ID")
+        raise LibraryNotFound(f"no library {spec!r}: there are no libraries yet; create one "
+                              f"with `sd library create NAME`")
+    raise LibraryNotFound(f"no library {spec!r} (by name, id or id prefix); the libraries "
+                          f"are:\n{_listing(libs)}")
+
+
+async def resolve_library(client: Client, library: str | None) -> str:
+    """``library`` (name, id or id prefix; None: the only one) as a library id."""
+    return pick_library(await client.call("query:libraries.list.v1"), library)
 
 
 # --- entries --------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ def entries() -> None:
 @click.option("--tag", default=None, help="Only entries with this tag (name)")
 @click.option("--cas-id", default=None)
 @click.option("--order", type=click.Choice(["id", "size"]), default="id")
-@click.option("--limit", type=int, default=100, show_default=True, help="0 for all")
+@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True, help="0 for all")
 @library_option
 @pass_ctx
 def entries_ls(ctx: Ctx, location_id: int | None, parent: str | None, extension: str | None,
@@ -48,8 +48,8 @@ def entries_get(ctx: Ctx, entry_id: int, library: str | None) -> None:
 
 @entries.command("read")
 @click.argument("entry_id", type=int)
-@click.option("--offset", type=int, default=0)
-@click.option("--length", type=int, default=64 * 1024, show_default=True,
+@click.option("--offset", type=click.IntRange(min=0), default=0)
+@click.option("--length", type=click.IntRange(min=0), default=64 * 1024, show_default=True,
               help="At most 1 MiB per read")
 @library_option
 @pass_ctx

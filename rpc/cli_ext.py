@@ -26,7 +26,10 @@ def _summary(r: dict[str, Any]) -> None:
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @pass_ctx
 def ext_install(ctx: Ctx, path: Path) -> None:
-    """Install (and load) the extension at PATH: a directory with manifest.json, or a .wasm."""
+    """Install and load an extension.
+
+    PATH is a directory with manifest.json, or a .wasm file.
+    """
     ctx.out(ctx.call("action:extensions.install.input.v1", {"path": str(path.resolve())}), _summary)
 
 
@@ -74,7 +77,10 @@ for _verb in ("load", "unload", "reload"):
 @library_option
 @pass_ctx
 def ext_storage(ctx: Ctx, ext_id: str, prefix: str, library: str | None) -> None:
-    """Show what extension EXT_ID stored in a library (keys and JSON values)."""
+    """Show what an extension stored in a library.
+
+    Keys and their JSON values, of extension EXT_ID.
+    """
     def human(rows: list[dict[str, Any]]) -> None:
         if not rows:
             click.echo(f"{ext_id} stored nothing in this library")

@@ -13,6 +13,7 @@ from rpc.cli_common import (
     json_argument,
     library_option,
     pass_ctx,
+    percent,
     print_kv,
     print_table,
     resolve_library,
@@ -28,7 +29,8 @@ def job() -> None:
 
 @job.command("list")
 @click.option("--status", type=click.Choice(
-    ["queued", "running", "paused", "completed", "failed", "cancelled"]), default=None)
+    ["queued", "running", "paused", "completed", "failed", "cancelled"]), default=None,
+    help="Only jobs in this state")
 @click.option("--extension", "extension_id", default=None, metavar="ID",
               help="Only the jobs of this extension")
 @library_option
@@ -43,7 +45,7 @@ def job_list(ctx: Ctx, status: str | None, extension_id: str | None,
         if not rows:
             click.echo("no jobs")
             return
-        print_table([{**r, "progress": f"{r['progress'] * 100:.0f}%",
+        print_table([{**r, "progress": f"{percent(r['progress'])}%",
                       "created": fmt_time(r["created_at"])} for r in rows],
                     ["id", "name", "status", "progress", "items", "created", "message", "error"])
     ctx.out(rows, human)
@@ -77,14 +79,14 @@ for _verb in ("pause", "resume", "cancel"):
 
 @job.command("dispatch")
 @click.argument("name")
-@click.option("--input", "input_json", default="{}", help="The job's input as JSON")
+@click.option("--input", default="{}", help="The job's input as JSON")
 @click.option("--wait", is_flag=True, help="Watch the job until it ends")
 @library_option
 @pass_ctx
-def job_dispatch(ctx: Ctx, name: str, input_json: str, wait: bool, library: str | None) -> None:
+def job_dispatch(ctx: Ctx, name: str, input: str, wait: bool, library: str | None) -> None:
     """Queue a job by type name."""
     run_and_maybe_watch(ctx, library, "action:jobs.dispatch.input.v1",
-                        {"name": name, "input": json_argument(input_json, "--input")}, wait)
+                        {"name": name, "input": json_argument(input, "--input")}, wait)
 
 
 @job.command("run")
@@ -96,7 +98,11 @@ def job_dispatch(ctx: Ctx, name: str, input_json: str, wait: bool, library: str 
 @pass_ctx
 def job_run(ctx: Ctx, extension_id: str, job_name: str, state: str, wait: bool,
             library: str | None) -> None:
-    """Run a job an extension registered: sd job run EXT JOB --state JSON --wait."""
+    """Run a job an extension registered.
+
+    \b
+    sd job run test-extension counter --state '{"target": 10}' --wait
+    """
     run_and_maybe_watch(ctx, library, "action:extensions.run_job.input.v1",
                         {"extension_id": extension_id, "job": job_name,
                          "state": json_argument(state, "--state")}, wait)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from rpc.cli_common import Ctx, fmt_time, pass_ctx, print_kv, print_table
+from rpc.cli_common import Ctx, fmt_time, pass_ctx, print_kv, print_table, resolve_library
+from rpc.client import Client
 
 
 @click.group()
@@ -36,18 +38,33 @@ def library_list(ctx: Ctx) -> None:
     ctx.out(ctx.call("query:libraries.list.v1"), human)
 
 
+def _by_library(method: str) -> Callable[[Ctx, str | None], Any]:
+    """Call ``method`` with ``{"id": ...}`` of the library named (name, id or id prefix)."""
+    def run(ctx: Ctx, spec: str | None) -> Any:
+        async def go(c: Client) -> Any:
+            return await c.call(method, {"id": await resolve_library(c, spec)})
+        return ctx.run(go)
+    return run
+
+
 @library.command("info")
-@click.argument("library_id")
+@click.argument("library", required=False)
 @pass_ctx
-def library_info(ctx: Ctx, library_id: str) -> None:
-    """Show one library."""
-    ctx.out(ctx.call("query:libraries.info.v1", {"id": library_id}), print_kv)
+def library_info(ctx: Ctx, library: str | None) -> None:
+    """Show one library.
+
+    LIBRARY is a name, an id or a unique id prefix (default: the only library).
+    """
+    ctx.out(_by_library("query:libraries.info.v1")(ctx, library), print_kv)
 
 
 @library.command("delete")
-@click.argument("library_id")
+@click.argument("library")
 @pass_ctx
-def library_delete(ctx: Ctx, library_id: str) -> None:
-    """Delete a library and everything in it."""
-    ctx.out(ctx.call("action:libraries.delete.input.v1", {"id": library_id}),
+def library_delete(ctx: Ctx, library: str) -> None:
+    """Delete a library and everything in it.
+
+    LIBRARY is a name, an id or a unique id prefix.
+    """
+    ctx.out(_by_library("action:libraries.delete.input.v1")(ctx, library),
             lambda r: click.echo(f"deleted library {r['deleted']}"))

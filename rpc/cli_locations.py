@@ -78,6 +78,6 @@ def location_identify(ctx: Ctx, location_id: int, wait: bool, library: str | Non
 @library_option
 @pass_ctx
 def location_remove(ctx: Ctx, location_id: int, library: str | None) -> None:
-    """Forget a location and its entries (files on disk are not touched)."""
+    """Forget a location and its entries (not the files on disk)."""
     ctx.out(ctx.lib_call(library, "action:locations.remove.input.v1", {"id": location_id}),
             lambda r: click.echo(f"removed location {r['removed']} ({r['entries']} entries)"))

@@ -4,6 +4,7 @@
 #   systemd      systemd-analyze (verify, security), systemd-socket-activate
 #                (tests/test_systemd.py; neither needs systemd running)
 #   util-linux   setpriv (tests that connect as another user)
+#   tmux         a real terminal for the CLI's live display (tests/test_cli_terminal.py)
 # A no-op taking milliseconds when all is there. Called by `make test`.
 set -euo pipefail
 
@@ -11,6 +12,7 @@ declare -A PACKAGE_OF=(
     [systemd-analyze]=systemd
     [systemd-socket-activate]=systemd
     [setpriv]=util-linux
+    [tmux]=tmux
 )
 
 missing=()

@@ -42,9 +42,102 @@ def test_call(daemon: Daemon) -> None:
     r = daemon.sd("call", "query:test.ping.v1", "{not json")
     assert r.returncode == 2 and "not valid JSON" in r.stderr
     r = daemon.sd("call", "query:jobs.list.v1")
-    assert r.returncode == 1 and "needs a library id" in r.stderr
+    assert r.returncode == 1 and "works in a library" in r.stderr and "-l/--library" in r.stderr
     r = daemon.sd("call", "query:jobs.list.v1", "--library", "00000000-0000-0000-0000-000000000000")
     assert r.returncode == 1 and "no library" in r.stderr
+    # With one library, a library-scoped call needs no --library.
+    lib = daemon.sd_json("library", "create", "Only")["id"]
+    types = json.loads(daemon.sd("call", "query:jobs.types.v1", check=True).stdout)
+    assert "test.steps" in {t["name"] for t in types}
+    r = daemon.sd("call", "action:jobs.dispatch.input.v1", '{"name": "test.noop", "input": {}}',
+                  check=True)
+    job = json.loads(r.stdout)["job_id"]
+    assert daemon.sd_json("job", "info", job, "-l", lib)["name"] == "test.noop"  # sent once
+    assert json.loads(daemon.sd("call", "query:test.ping.v1", '{"a": 1}', "-l", "Only",
+                                check=True).stdout) == {"echo": {"a": 1}}
+    daemon.sd("library", "create", "Other", check=True)
+    r = daemon.sd("call", "query:jobs.types.v1")
+    assert r.returncode == 1 and "-l/--library" in r.stderr
+    assert "Only" in r.stderr and "Other" in r.stderr and lib in r.stderr
+    assert daemon.sd("call", "query:jobs.types.v1", "-l", "other").returncode == 0
+
+
+def test_libraries_by_name_id_or_prefix(daemon: Daemon) -> None:
+    r = daemon.sd("job", "list")
+    assert r.returncode == 1 and "sd library create" in r.stderr
+    photos = daemon.sd_json("library", "create", "Photos")["id"]
+    assert daemon.sd("job", "list", check=True).stdout.strip() == "no jobs"  # the only one
+    work = daemon.sd_json("library", "create", "Work")["id"]
+    r = daemon.sd("job", "list")
+    assert r.returncode == 1 and "-l/--library" in r.stderr
+    assert f"{photos}  Photos" in r.stderr and f"{work}  Work" in r.stderr
+    job = daemon.sd_json("job", "dispatch", "test.noop", "-l", "Work")["job_id"]
+    daemon.watch_job(job, "Work")
+    for spec in ("Work", "work", work, work[:6], work[:6].upper()):
+        rows = daemon.sd_json("job", "list", "--library", spec)
+        assert [j["id"] for j in rows] == [job], spec
+        assert daemon.sd_json("library", "info", spec)["id"] == work
+    assert daemon.sd_json("job", "list", "-l", "Photos") == []
+    r = subprocess.run([str(BIN / "sd"), "--socket", str(daemon.socket), "--json", "job", "list"],
+                       capture_output=True, text=True, env={"SD_LIBRARY": "Work"})
+    assert [j["id"] for j in json.loads(r.stdout)] == [job]
+    # Unknown: every library is a candidate.
+    r = daemon.sd("job", "list", "-l", "Holidays")
+    assert r.returncode == 1 and "no library 'Holidays'" in r.stderr
+    assert f"{photos}  Photos" in r.stderr and f"{work}  Work" in r.stderr
+    # Ambiguous: the libraries that match, to choose by id.
+    twin = daemon.sd_json("library", "create", "Work")["id"]
+    r = daemon.sd("job", "list", "-l", "Work")
+    assert r.returncode == 1 and "2 libraries match 'Work'" in r.stderr and "ID" in r.stderr
+    assert work in r.stderr and twin in r.stderr and photos not in r.stderr
+    r = daemon.sd("library", "delete", "Work")
+    assert r.returncode == 1 and "2 libraries match" in r.stderr
+    assert daemon.sd("library", "delete", twin[:8], check=True).stdout.strip() == \
+        f"deleted library {twin}"
+    assert {lib["id"] for lib in daemon.sd_json("library", "list")} == {photos, work}
+    r = daemon.sd("events", "-l", "Nope")
+    assert r.returncode == 1 and "no library 'Nope'" in r.stderr
+
+
+def test_argument_errors_name_the_flags(daemon: Daemon) -> None:
+    daemon.sd("library", "create", "L", check=True)
+    r = daemon.sd("entries", "ls", "--parent", "sub")
+    assert r.returncode == 1 and r.stderr.strip() == "error: the --parent filter needs --location"
+    r = daemon.sd("job", "dispatch", "test.steps", "--input", "5")
+    assert r.returncode == 1 and "at --input" in r.stderr and "$." not in r.stderr
+    r = daemon.sd("job", "dispatch", "test.steps", "--input", '{"count": "x"}')
+    assert r.returncode == 1 and "$.count" in r.stderr  # a field of the job's own input stays
+    for args, flag in ((["entries", "ls", "--limit", "-1"], "--limit"),
+                       (["entries", "read", "1", "--offset", "-1"], "--offset"),
+                       (["entries", "read", "1", "--length", "-5"], "--length")):
+        r = daemon.sd(*args)
+        assert r.returncode == 2 and f"'{flag}'" in r.stderr, (args, r.stderr)
+
+
+def test_completion_scripts(daemon: Daemon) -> None:
+    daemon.sd("library", "create", "Photos", check=True)
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "SD_SOCKET": str(daemon.socket)}
+    script = daemon.sd("completion", "bash", check=True).stdout
+
+    def complete(*words: str) -> list[str]:
+        """What bash offers after ``words`` (the last one being typed), as a shell would."""
+        line = " ".join(words)
+        r = subprocess.run(["bash", "-c", f'eval "$1"; COMP_WORDS=({line}); '
+                            f"COMP_CWORD={len(words) - 1}; _sd_completion sd; "
+                            'printf "%s\\n" "${COMPREPLY[@]}"', "bash", script],
+                           capture_output=True, text=True, env=env, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.split()
+    assert complete("sd", "lib") == ["library"]
+    assert complete("sd", "job", "") == sorted(["cancel", "dispatch", "info", "list", "pause",
+                                                "resume", "run", "watch"])
+    assert complete("sd", "job", "list", "--l") == ["--library"]
+    assert complete("sd", "job", "list", "-l", "Ph") == ["Photos"]
+    zsh = daemon.sd("completion", "zsh", check=True).stdout
+    assert zsh.startswith("#compdef sd") and "_SD_COMPLETE=zsh_complete" in zsh
+    fish = daemon.sd("completion", "fish", check=True).stdout
+    assert "complete --no-files --command sd" in fish and "_SD_COMPLETE=fish_complete" in fish
+    assert daemon.sd("completion", "tcsh").returncode == 2
 
 
 def test_usage_error_exit_code(daemon: Daemon) -> None:
@@ -74,6 +167,7 @@ def test_sync_client_for_scripts(daemon: Daemon) -> None:
 # Every command the CLI offers; a command added or lost shows up here.
 COMMANDS = """
 sd call
+sd completion
 sd daemon stop
 sd entries get
 sd entries ls
@@ -120,8 +214,26 @@ def help_commands(*path: str) -> list[str]:
     assert r.returncode == 0, r.stderr
     if "\nCommands:\n" not in r.stdout:
         return []  # a command, not a group
-    lines = r.stdout.split("\nCommands:\n", 1)[1].splitlines()
-    return [line.split()[0] for line in lines if line.startswith("  ") and line.split()]
+    listing = r.stdout.split("\nCommands:\n", 1)[1].split("\n\n", 1)[0]
+    return [line.split()[0] for line in listing.splitlines() if line.startswith("  ")]
+
+
+def test_help_reads_well_at_80_columns() -> None:
+    def help_text(*path: str) -> str:
+        r = subprocess.run([str(BIN / "sd"), *path, "--help"], capture_output=True, text=True,
+                           timeout=30, env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"})
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+    root = help_text()
+    assert "-l/--library" in root and "Examples:" in root and "sd completion bash" in root
+    for command in COMMANDS.strip().splitlines():
+        text = help_text(*command.split()[1:])
+        for line in text.splitlines():
+            assert len(line) <= 80, (command, line)
+    for group in ("", "job", "library", "location", "entries", "tag", "ext", "daemon"):
+        listing = help_text(*group.split()).split("\nCommands:\n")[1].split("\n\n")[0]
+        for line in listing.splitlines():
+            assert not line.rstrip().endswith("..."), (group, line)  # a summary cut short
 
 
 def test_help_lists_every_command() -> None:
