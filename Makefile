@@ -36,7 +36,7 @@ uninstall-service:
 	PREFIX=$(PREFIX) bash systemd/install.sh uninstall
 
 bench: setup extensions
-	$(PY) -m bench
+	bash scripts/ensure-test-tools.sh && $(PY) -m bench
 
 lint: setup
 	$(VENV)/bin/ruff check daemon rpc tests bench

@@ -26,6 +26,7 @@ import uvloop
 
 from bench import (
     dispatch_rows,
+    dupes_rows,
     guest_rows,
     index_rows,
     jobs_rows,
@@ -46,6 +47,9 @@ SIZES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "module_load_cached": ({"cold_rounds": 3, "cached_rounds": 9},
                            {"cold_rounds": 1, "cached_rounds": 3}),
     "indexing": ({"rounds": 3}, {"rounds": 1, "files": 20_000}),
+    "duplicates": ({"rounds": 3, "unique": 6_000, "groups": 300, "big_pairs": 8},
+                   {"rounds": 1, "unique": 1_000, "groups": 50, "big_pairs": 2}),
+    "guest_read": ({"rounds": 5}, {"rounds": 1, "size_mb": 20}),
     "socket": ({"rounds": 12, "slice_s": 0.5}, {"rounds": 2, "slice_s": 0.3}),
     "progress_events": ({"spread_s": 3.0}, {"spread_s": 1.5}),
 }
@@ -90,6 +94,8 @@ async def _inprocess(tmp: Path, sizes: dict[str, dict[str, Any]], only: set[str]
         ("wasm_jobs", lambda: jobs_rows.run(tmp, **sizes["wasm_jobs"])),
         ("module_load_cached", lambda: load_rows.run(tmp, **sizes["module_load_cached"])),
         ("indexing", lambda: index_rows.run(tmp, **sizes["indexing"])),
+        ("duplicates", lambda: dupes_rows.run_duplicates(tmp, **sizes["duplicates"])),
+        ("guest_read", lambda: dupes_rows.run_guest_read(tmp, **sizes["guest_read"])),
     ]
     rows = []
     for key, step in steps:

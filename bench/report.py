@@ -17,6 +17,8 @@ ROW_KEYS = (
     "wasm_jobs",
     "module_load_cached",
     "indexing",
+    "duplicates",
+    "guest_read",
     "idle_rss",
     "progress_events",
 )
@@ -30,6 +32,8 @@ LABELS = {
     "wasm_jobs": "trivial WASM jobs run and persisted",
     "module_load_cached": "load a ~500 KB extension from the cache",
     "indexing": "entries indexed on a 100,000-file tree",
+    "duplicates": "duplicate-finder job on a tree with one-byte traps",
+    "guest_read": "guest reads a 100 MB file with entry_read",
     "idle_rss": "idle daemon RSS, bundled extensions loaded",
     "progress_events": "progress events of a job reporting 100,000 times",
 }

@@ -45,7 +45,7 @@ async def open_app(data_dir: Path | str, config: DaemonConfig | None = None, *,
             bus=core.events, dispatch=dispatcher.execute_from_thread,
             plugin_dir=core.data_dir / "extensions", job_types=core.job_types,
             contexts=core.job_contexts, limits=config.extension_limits,
-            on_loaded=core.resume_extension_jobs)
+            on_loaded=core.resume_extension_jobs, read_into=dispatcher.read_entry_into)
         core.attach_plugins(plugins)
         if load_extensions:
             await plugins.start(config.bundled_extensions)

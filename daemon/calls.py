@@ -58,3 +58,9 @@ DispatchFn = Callable[[str, "str | None", Any, Caller], Any]
 """``(method, library_id, payload, caller) -> result``, callable from a worker thread:
 the dispatcher's ``execute_from_thread``, handed to the plugin manager by the
 composition root."""
+
+ReadIntoFn = Callable[[str, int, int, memoryview, Caller, dict[Any, Any]], int]
+"""``(library_id, entry_id, offset, buffer, caller, cache) -> bytes read``: ABI v2's
+``entry_read`` with ``query:entries.read.v1``'s checks, the dispatcher's
+``read_entry_into``. ``cache`` is the guest instance's own dict (where its entries'
+files are)."""

@@ -18,7 +18,10 @@ from daemon import errors
 from daemon.calls import CLIENT, Caller
 from daemon.core import Core
 from rpc import operations as _operations  # noqa: F401 - registers every operation
+from rpc.operations import entries
 from rpc.registry import OPERATIONS, OpContext, Operation
+
+READ_OPERATION = "query:entries.read.v1"
 
 LOCAL = Caller(CLIENT)
 """An in-process caller with a client's rights (tests, the embedding API)."""
@@ -61,6 +64,19 @@ class Dispatcher:
         if op.is_async:
             result = await result
         return result
+
+    def read_entry_into(self, library_id: str, entry_id: int, offset: int, buf: memoryview,
+                        caller: Caller, cache: entries.ReadCache | None = None) -> int:
+        """ABI v2 ``entry_read``: ``query:entries.read.v1``'s checks (caller, grant, rate,
+        library), then its bytes straight into ``buf``. Blocking: a guest's thread only."""
+        op = OPERATIONS.get(READ_OPERATION)
+        assert op is not None
+        if caller.kind not in op.callers:
+            raise errors.PermissionDenied(f"{op.name} may not be called by {caller.describe()}")
+        if caller.policy is not None:
+            caller.policy.check(op, library_id)
+        library = self.core.libraries.get(library_id)
+        return entries.read_into(library.db, entry_id, offset, buf, cache)
 
     def execute_from_thread(self, method: str, library_id: str | None, payload: Any,
                             caller: Caller) -> Any:

@@ -5,7 +5,8 @@
 #                (tests/test_systemd.py; neither needs systemd running)
 #   util-linux   setpriv (tests that connect as another user)
 #   tmux         a real terminal for the CLI's live display (tests/test_cli_terminal.py)
-# A no-op taking milliseconds when all is there. Called by `make test`.
+#   jdupes       the reference the duplicate finder must agree with (tests and `make bench`)
+# A no-op taking milliseconds when all is there. Called by `make test` and `make bench`.
 set -euo pipefail
 
 declare -A PACKAGE_OF=(
@@ -13,6 +14,7 @@ declare -A PACKAGE_OF=(
     [systemd-socket-activate]=systemd
     [setpriv]=util-linux
     [tmux]=tmux
+    [jdupes]=jdupes
 )
 
 missing=()

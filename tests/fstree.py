@@ -120,3 +120,82 @@ def expected_index(root: Path, unreadable: set[str] = frozenset()) -> dict[str, 
 
 def index_of(entries: list[dict[str, Any]]) -> dict[str, tuple[str, int]]:
     return {e["path"]: (e["kind"], e["size"]) for e in entries}
+
+
+# --- duplicates: an adversarial tree and jdupes' answer -------------------------------------
+TRAP_SIZE = 300_000
+TRAP_BYTE = 50_000  # between cas_id's first and second 10 KiB sample: same cas_id, other bytes
+
+
+def make_adversarial_tree(root: Path) -> Path:
+    """Traps for a duplicate finder; ``jdupes -r`` (files, not names) is the reference.
+
+    * ``trap/a`` and ``trap/b``: same size, same cas_id (every sampled region equal), one
+      differing byte; ``trap/a-copy`` is a true copy of ``a``.
+    * small files of one size differing in their first or last byte, and a true pair;
+    * ``links/solo`` + ``links/solo-link``: one inode, two names, no other copy: no duplicate;
+      ``links/h`` + ``links/h-link`` (one inode) and ``links/h-copy``: two files, all three
+      names tagged (jdupes lists one or some names of the linked inode);
+    * empty files; a symlink to a duplicate (never followed);
+    * ``late/m1..m3`` and ``late/v1..v2``: the largest files, for tests that change them
+      while a job runs; ``unreadable/u1..u3``: three copies, ``u3`` mode 000;
+    * unique files of many sizes, some sharing a size with no equal content.
+    """
+    rnd = random.Random(14)
+    a = rnd.randbytes(TRAP_SIZE)
+    b = bytearray(a)
+    b[TRAP_BYTE] ^= 0xFF
+    write(root / "trap" / "a", a)
+    write(root / "trap" / "b", bytes(b))
+    write(root / "trap" / "a-copy", a)
+    small = rnd.randbytes(4096)
+    write(root / "small" / "x", small)
+    write(root / "small" / "first", bytes([small[0] ^ 1]) + small[1:])
+    write(root / "small" / "last", small[:-1] + bytes([small[-1] ^ 1]))
+    write(root / "small" / "x-copy", small)
+    write(root / "links" / "solo", rnd.randbytes(7000))
+    os.link(root / "links" / "solo", root / "links" / "solo-link")
+    h = rnd.randbytes(9000)
+    write(root / "links" / "h", h)
+    os.link(root / "links" / "h", root / "links" / "h-link")
+    write(root / "links" / "h-copy", h)
+    write(root / "empty" / "e1", b"")
+    write(root / "empty" / "e2", b"")
+    os.symlink("../trap/a", root / "links" / "to-a")
+    m = rnd.randbytes(400_000)
+    for name in ("m1", "m2", "m3"):
+        write(root / "late" / name, m)
+    v = rnd.randbytes(450_000)
+    for name in ("v1", "v2"):
+        write(root / "late" / name, v)
+    u = rnd.randbytes(3000)
+    for name in ("u1", "u2", "u3"):
+        write(root / "unreadable" / name, u)
+    (root / "unreadable" / "u3").chmod(0)
+    for i in range(60):
+        write(root / "unique" / f"f{i:02d}", rnd.randbytes(100 + (i % 20) * 10))
+    return root
+
+
+def jdupes(root: Path) -> set[str]:
+    """Paths (relative to ``root``) that ``jdupes -r`` lists, run without root's file rights."""
+    out = subprocess.run(["jdupes", "-r", "-q", str(root)], capture_output=True, check=True,
+                         preexec_fn=_drop_dac_caps, timeout=120).stdout.decode()
+    return {os.path.relpath(line, root) for line in out.splitlines() if line.strip()}
+
+
+def files_of(root: Path, paths: set[str]) -> set[tuple[int, int]]:
+    """The files (dev, inode) behind ``paths``: hard links are one file."""
+    out = set()
+    for p in paths:
+        st = os.lstat(root / p)
+        out.add((st.st_dev, st.st_ino))
+    return out
+
+
+def assert_same_as_jdupes(root: Path, tagged: set[str]) -> None:
+    """The same files as jdupes, and the same names wherever a file has only one."""
+    reference = jdupes(root)
+    assert files_of(root, tagged) == files_of(root, reference), (sorted(tagged), sorted(reference))
+    single = {p for p in tagged | reference if os.lstat(root / p).st_nlink == 1}
+    assert tagged & single == reference & single

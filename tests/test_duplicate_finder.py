@@ -20,13 +20,17 @@ from fstree import (
     DUPLICATES,
     REPORT,
     UnprivilegedDaemon,
+    assert_same_as_jdupes,
     expected_index,
     index_of,
+    make_adversarial_tree,
     make_tree,
     unlock,
     write,
 )
 from wasm_guests import make_extension, module
+
+from daemon.locations.content import cas_id_of_bytes
 
 FINDER = BUILT_EXTENSIONS / "duplicate-finder"
 
@@ -82,13 +86,14 @@ def test_index_find_duplicates_change_rescan_and_find_again(d: Daemon, tmpdir_sh
     loc = d.sd_json("location", "list")[0]
     assert loc["path"] == str(tree) and loc["index_status"] == "completed"
 
-    # The duplicate finder hashes through entries.read (nothing is hashed yet) and tags.
+    # The duplicate finder asks the host for whole-content hashes (nothing is hashed yet).
     r = run_finder(d, {"location_id": loc["id"]})
     assert r.returncode == 0, r.stdout + r.stderr
     out = final(r)["output"]
     assert tagged(d) == DUPLICATES
     assert out["stats"]["groups"] == 2 and out["stats"]["duplicates"] == 5
     assert out["stats"]["hashed"] == 10  # every file sharing its size, none empty, none twice
+    assert out["stats"]["cached"] == 0 and out["stats"]["bytes_read"] == 2 * len(REPORT) + 4 * 300_000 + 2 * 5000 + 2 * 5
     assert out["stats"]["wasted_bytes"] == len(REPORT) + 2 * 300_000
     human = d.sd("tag", "ls", "duplicate", check=True).stdout
     assert all(p in human for p in DUPLICATES)
@@ -117,40 +122,42 @@ def test_index_find_duplicates_change_rescan_and_find_again(d: Daemon, tmpdir_sh
     assert "duplicate" in d.sd_json("entries", "get", str(ids["docs/copy of report.txt"]))["tags"]
     assert after["notes/a.md"]["id"] == ids["notes/a.md"] and after["notes/a.md"]["size"] == 13
 
-    # Host hashes everything; new copies arrive later and the guest hashes those:
-    # the two must agree (small and sampled large files) for the groups to form.
-    r = d.sd("--json", "location", "identify", str(loc["id"]), "--wait", timeout=60)
-    assert r.returncode == 0 and final(r)["output"]["hashed"] >= 10, r.stdout + r.stderr
+    # New copies arrive; the second run reads only them and the moved file (a rename
+    # changes its ctime, part of the cache key); everything else comes from the cache.
     shutil.copy(tree / "docs" / "report.txt", tree / "docs" / "third.txt")
     shutil.copy(tree / "photos" / "2023" / "img1.jpg", tree / "img1-copy.jpg")
     d.sd("location", "rescan", str(loc["id"]), "--wait", check=True, timeout=60)
-    r = run_finder(d, {"location_id": loc["id"], "page_size": 3})
+    r = run_finder(d, {"location_id": loc["id"], "page_size": 3, "hash_batch": 2})
     assert r.returncode == 0, r.stdout + r.stderr
     stats = final(r)["output"]["stats"]
-    assert stats["hashed"] == 2 and stats["untagged"] == 5
+    assert stats["hashed"] == 3 and stats["cached"] == 5 and stats["untagged"] == 5, stats
     assert tagged(d) == {"docs/report.txt", "archive/report-old.txt", "docs/third.txt",
                          "photos/2023/img1.jpg", "old-photos/img1.jpg",
                          "old-photos/img1 (2).jpg", "img1-copy.jpg"}
+    # A third run reads nothing at all.
+    r = run_finder(d, {"location_id": loc["id"]})
+    stats = final(r)["output"]["stats"]
+    assert stats["hashed"] == 0 and stats["bytes_read"] == 0 and stats["cached"] == 8, stats
 
-    # Without the exact read grant (a prefix is not one), the finder gets a permission error.
+    # Without the exact hash grant (a prefix is not one), the finder gets a permission error.
     noread = tmpdir_short / "noread"
     noread.mkdir()
     shutil.copy(FINDER / "duplicate_finder.wasm", noread)
     manifest = json.loads((FINDER / "manifest.json").read_text())
     manifest["id"] = "duplicate-finder-noread"
     methods = manifest["permissions"]["methods"]
-    methods.remove("query:entries.read.v1")
+    methods.remove("query:entries.content_hash.v1")
     methods.append("query:entries.")
     (noread / "manifest.json").write_text(json.dumps(manifest))
     d.sd("ext", "install", str(noread), check=True)
-    write(tree / "fresh" / "x.bin", b"x" * 1000)  # unhashed same-size pair: must be read
+    write(tree / "fresh" / "x.bin", b"x" * 1000)  # a same-size pair: must be hashed
     write(tree / "fresh" / "y.bin", b"x" * 1000)
     d.sd("location", "rescan", str(loc["id"]), "--wait", check=True, timeout=60)
     r = run_finder(d, {"location_id": loc["id"], "tag": "noread"}, "duplicate-finder-noread")
     assert r.returncode == 4, r.stdout + r.stderr
     failed = final(r)
-    assert any("permission" in w and "query:entries.read.v1" in w and "explicit grant" in w
-               for w in failed["warnings"]), failed["warnings"]
+    assert any("permission" in w and "query:entries.content_hash.v1" in w
+               and "explicit grant" in w for w in failed["warnings"]), failed["warnings"]
     assert d.sd_json("tag", "ls", "noread") == []
     assert d.sd_json("ext", "storage", "duplicate-finder-noread") == []
     assert d.sd_json("location", "list")[0]["id"] == loc["id"] and lib
@@ -236,9 +243,51 @@ def test_kill9_during_indexing_resumes_and_matches_tree(d: Daemon, tmpdir_short:
     assert info["output"]["moved"] == 1 and info["output"]["removed"] == 1
 
 
+ADVERSARIAL_DUPLICATES = {"trap/a", "trap/a-copy", "small/x", "small/x-copy", "links/h",
+                          "links/h-link", "links/h-copy", "late/m1", "late/m2", "late/m3",
+                          "late/v1", "late/v2", "unreadable/u1", "unreadable/u2"}
+
+
+def test_adversarial_tree_agrees_with_jdupes(d: Daemon, tmpdir_short: Path) -> None:
+    tree = make_adversarial_tree(tmpdir_short / "tree")
+    a, b = (tree / "trap" / "a").read_bytes(), (tree / "trap" / "b").read_bytes()
+    assert a != b and cas_id_of_bytes(a) == cas_id_of_bytes(b)  # the trap is armed
+    lib = d.sd_json("library", "create", "L")["id"]
+    d.sd("ext", "install", str(FINDER), check=True)
+    d.sd("location", "add", str(tree), "--wait", check=True)
+    # cas_ids in the index too: a finder grouping by them would tag trap/b.
+    d.sd("location", "identify", "1", "--wait", check=True)
+    ids = {e["path"]: e for e in d.sd_json("entries", "ls", "--limit", "0")}
+    assert ids["trap/a"]["cas_id"] == ids["trap/b"]["cas_id"]
+
+    state = {"location_id": 1, "page_size": 3, "spin": 20_000_000}
+    job_id = d.sd_json("job", "run", "duplicate-finder", "find", "--state",
+                       json.dumps(state))["job_id"]
+    wait_for(lambda: job(d, lib, job_id)["checkpoints"] >= 1)
+    # While it runs: change one of three copies and delete one of a pair (the largest
+    # files, so the job reaches them last).
+    assert job(d, lib, job_id)["status"] == "running"
+    (tree / "late" / "m1").write_bytes(b"changed")
+    (tree / "late" / "v1").unlink()
+    d.watch_job(job_id, lib)
+    info = job(d, lib, job_id)
+    warnings = "\n".join(info["warnings"])
+    assert "late/m1: it changed since it was indexed" in warnings, warnings
+    assert "late/v1 no longer exists on disk" in warnings, warnings
+    assert "unreadable/u3: Permission denied" in warnings, warnings
+    stats = info["output"]["stats"]
+    assert stats["skipped"] == 3 and stats["groups"] == 5, stats
+
+    found = tagged(d)
+    assert found == ADVERSARIAL_DUPLICATES - {"late/m1", "late/v1", "late/v2"}
+    assert_same_as_jdupes(tree, found)
+    assert not any(p.startswith(("empty/", "unique/")) or p == "trap/b" or "solo" in p
+                   for p in found)
+
+
 def test_kill9_during_the_extension_job(d: Daemon, tmpdir_short: Path) -> None:
-    tree = tmpdir_short / "tree"
-    expected = set()
+    tree = make_adversarial_tree(tmpdir_short / "tree")
+    expected = set(ADVERSARIAL_DUPLICATES)
     for i in range(24):  # 24 groups of two, each of its own size, plus unique files
         data = bytes([i]) * (100 + i)
         write(tree / f"g{i:02d}" / "a.bin", data)
@@ -258,8 +307,10 @@ def test_kill9_during_the_extension_job(d: Daemon, tmpdir_short: Path) -> None:
     info = job(d, lib, job_id)
     notes = [t.get("note") or "" for t in info["transitions"]]
     assert any("requeued after the daemon stopped" in n for n in notes), info["transitions"]
-    assert tagged(d) == expected
+    found = tagged(d)
+    assert found == expected
+    assert_same_as_jdupes(tree, found)
     stats = info["output"]["stats"]
-    assert stats["groups"] == 24 and stats["duplicates"] == 48 and stats["files"] == 72
+    assert stats["groups"] == 24 + 6 and stats["duplicates"] == len(found), stats
     summary = d.sd_json("ext", "storage", "duplicate-finder")[0]["value"]
-    assert summary["groups"] == 24 and summary["duplicates"] == 48
+    assert summary["groups"] == 30 and summary["duplicates"] == len(found)

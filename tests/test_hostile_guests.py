@@ -119,7 +119,7 @@ def test_failing_init(host: Host, name: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize("name,expected", [
-    ("unknown_import", "module imports env.abort, which is not part of ABI v1"),
+    ("unknown_import", "module imports env.abort, which is not part of ABI v2"),
     ("missing_export", "module does not export 'wasm_alloc'"),
 ])
 def test_refused_modules(host: Host, name: str, expected: str) -> None:

@@ -352,6 +352,13 @@ class _BoundedMemory:
         if data:
             _memmove(base + ptr, data, len(data))
 
+    def view(self, ptr: int, length: int) -> memoryview:
+        """A writable view of `length` bytes at guest address `ptr`, for filling in place
+        (e.g. ``os.preadv``). Valid only until the next call into the guest (which may
+        grow and so move the memory); never keep it longer."""
+        base = self._checked_base(ptr, length)
+        return memoryview((c_char * length).from_address(base + ptr)).cast("B")
+
 
 class HostCall(_BoundedMemory):
     """View of the calling instance, valid only during one host-function invocation.

@@ -1,4 +1,4 @@
-"""The ABI v1 host functions (import module ``spacedrive``), one set per guest instance.
+"""The ABI host functions (import module ``spacedrive``, v1 and v2), one set per guest instance.
 
 Every pointer and length from the guest is bounds-checked by ``HostCall``; a bad
 one raises ``GuestCallError``, which fastpath turns into a trap that fails the
@@ -21,7 +21,7 @@ import msgspec
 import wasmtime
 
 from daemon import errors
-from daemon.calls import Caller, DispatchFn
+from daemon.calls import Caller, DispatchFn, ReadIntoFn
 from daemon.config import ExtensionLimits
 from daemon.extensions.fastpath import GuestCallError, HostCall, RawFunc, define_unchecked
 from daemon.extensions.runtime import ABI_IMPORTS, ABI_MODULE
@@ -88,6 +88,8 @@ class HostEnv:
     # The last error-level line the guest logged: its own reason when a call into it
     # fails (JobResult::failed, the SDK's parse errors, a panic message before its trap).
     last_error: str | None = None
+    read_into: ReadIntoFn | None = None
+    read_cache: dict[Any, Any] = field(default_factory=dict)
 
     def job_context(self, hc: HostCall, ptr: int) -> JobContext:
         """The live context of the job this instance runs, if ``ptr`` names it."""
@@ -113,7 +115,7 @@ def _text(hc: HostCall, ptr: int, length: int, limit: int, what: str) -> str:
 
 
 def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any, ...]], Any]]:
-    """The Python side of every ABI v1 import, closed over one instance's env."""
+    """The Python side of every ABI import, closed over one instance's env."""
     limits = env.limits
     glog = logging.getLogger(f"sd.ext.{env.extension_id}")
 
@@ -224,6 +226,31 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
             raise GuestCallError(f"negative byte count {a[1]}")
         env.job_context(hc, a[0]).increment_bytes(a[1])
 
+    def entry_read(hc: HostCall, a: tuple[Any, ...]) -> int:
+        # ABI v2: file bytes straight into guest memory; returns bytes read or an error code.
+        lib_ptr, entry_id, offset, buf_ptr, buf_len = a
+        if buf_len < 0:
+            raise GuestCallError(f"negative buffer length {buf_len}")
+        hc.view(buf_ptr, buf_len)  # bounds first: a bad buffer traps whatever else is wrong
+        if lib_ptr == 0:
+            return errors.LibraryRequired.code
+        library_id = str(uuid.UUID(bytes=hc.read(lib_ptr, 16)))
+        if env.revoked.is_set():
+            raise GuestCallError(f"extension {env.extension_id} was unloaded")
+        if env.read_into is None:
+            return errors.InternalError.code
+        try:
+            n = env.read_into(library_id, entry_id, offset, hc.view(buf_ptr, buf_len), env.caller,
+                              env.read_cache)
+        except errors.SdError as e:
+            log.debug("extension %s: entry_read %s: %s", env.extension_id, entry_id, e.message)
+            n = e.code
+        except Exception:
+            log.exception("extension %s: entry_read failed", env.extension_id)
+            n = errors.InternalError.code
+        hc_deadline(hc)
+        return n
+
     def hc_deadline(hc: HostCall) -> None:
         hc.set_epoch_deadline(env.deadline_ticks)
 
@@ -237,6 +264,7 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
         "job_add_warning": job_add_warning,
         "job_increment_items": job_increment_items,
         "job_increment_bytes": job_increment_bytes,
+        "entry_read": entry_read,
     }
     assert set(fns) == set(ABI_IMPORTS)
     return fns
@@ -260,7 +288,7 @@ def _import_names(module: wasmtime.Module) -> tuple[str, ...]:
 
 def build_imports(store: wasmtime.Store, module: wasmtime.Module,
                   env: HostEnv) -> list[wasmtime.Func]:
-    """One Func per import of ``module`` (already checked against ABI v1), in order."""
+    """One Func per import of ``module`` (already checked against the ABI), in order."""
     fns = make_host_functions(env)
     # GuestInstance puts exactly one instance in each store.
     return [define_unchecked(store, ABI_IMPORTS[name], fns[name], single_instance=True)

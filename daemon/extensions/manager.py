@@ -32,7 +32,7 @@ import msgspec
 import wasmtime
 
 from daemon import errors
-from daemon.calls import EXTENSION, Caller, DispatchFn
+from daemon.calls import EXTENSION, Caller, DispatchFn, ReadIntoFn
 from daemon.config import ExtensionLimits
 from daemon.events import EventBus, ExtensionFailed, ExtensionLoaded, ExtensionUnloaded
 from daemon.extensions.host_functions import HostEnv, LogLimiter, RegisteredJob
@@ -103,11 +103,13 @@ class PluginManager:
     def __init__(self, *, bus: EventBus, dispatch: DispatchFn, plugin_dir: Path,
                  job_types: JobRegistry, contexts: ContextRegistry,
                  limits: ExtensionLimits,
-                 on_loaded: Callable[[str], Awaitable[object]] | None = None) -> None:
+                 on_loaded: Callable[[str], Awaitable[object]] | None = None,
+                 read_into: ReadIntoFn | None = None) -> None:
         self.plugin_dir = plugin_dir
         self.plugin_dir.mkdir(parents=True, exist_ok=True)
         self._bus = bus
         self._dispatch = dispatch
+        self._read_into = read_into
         self._contexts = contexts
         self.limits = limits
         self.runtime = WasmRuntime(plugin_dir / ".cache", limits.epoch_tick_ms)
@@ -215,7 +217,7 @@ class PluginManager:
         # Compile and check the ABI before anything is copied.
         module, _ = await asyncio.to_thread(self.runtime.compile, wasm,
                                              str(source / manifest.wasm_file))
-        check_module_abi(module)
+        check_module_abi(module, wasm)
         dest = self.plugin_dir / manifest.id
         same = (dest / "manifest.json").exists() and \
             (dest / "manifest.json").read_bytes() == (source / "manifest.json").read_bytes() and \
@@ -277,7 +279,7 @@ class PluginManager:
         wasm = (plugin.directory / m.wasm_file).read_bytes()
         plugin.module_bytes = len(wasm)
         module, cached = self.runtime.compile(wasm, str(plugin.directory / m.wasm_file))
-        check_module_abi(module)
+        check_module_abi(module, wasm)
         plugin.module, plugin.from_cache = module, cached
         plugin.policy = ExtensionPolicy(m, self.limits)
         env = self._env(plugin, "init")
@@ -406,7 +408,8 @@ class PluginManager:
         assert plugin.policy is not None
         caller = Caller(EXTENSION, extension_id=plugin.manifest.id, policy=plugin.policy)
         return HostEnv(plugin.manifest.id, caller, self._dispatch, self._contexts, self.limits,
-                       plugin.log_limiter, self._deadline_ticks, plugin.revoked, phase=phase)
+                       plugin.log_limiter, self._deadline_ticks, plugin.revoked, phase=phase,
+                       read_into=self._read_into)
 
     def _memory_bytes(self, m: Manifest) -> int:
         return min(m.permissions.max_memory_mb, self.limits.max_memory_mb) * 1024 * 1024

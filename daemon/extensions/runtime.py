@@ -37,7 +37,8 @@ log = logging.getLogger("sd.extensions")
 
 I32, I64, F32 = "i32", "i64", "f32"
 
-# ABI v1: the only imports a guest may declare (module "spacedrive").
+# Every import a guest may declare (module "spacedrive"): ABI v1's nine, then the additions
+# of later versions (ABI_SINCE). guest-sdk/ABI.md §8 has the versioning rule.
 ABI_IMPORTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "spacedrive_call": ((I32, I32, I32, I32, I32), (I32,)),
     "spacedrive_log": ((I32, I32, I32), ()),
@@ -48,7 +49,13 @@ ABI_IMPORTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "job_add_warning": ((I32, I32, I32), ()),
     "job_increment_items": ((I32, I64), ()),
     "job_increment_bytes": ((I32, I64), ()),
+    "entry_read": ((I32, I64, I64, I32, I32), (I64,)),
 }
+ABI_SINCE: dict[str, int] = {"entry_read": 2}
+ABI_VERSION = 2
+"""The newest ABI version this host implements; it implements every older one too."""
+ABI_SECTION = "spacedrive_abi"
+"""Custom section declaring the ABI version a module needs: each byte is a version."""
 ABI_MODULE = "spacedrive"
 # Exports every guest must have, with their signatures (None: a memory).
 REQUIRED_EXPORTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]] | None] = {
@@ -194,13 +201,55 @@ class WasmRuntime:
         return module
 
 
-def check_module_abi(module: wasmtime.Module) -> None:
-    """Refuse imports beyond ABI v1 and missing or mistyped required exports, by name."""
+def declared_abi_version(wasm: bytes) -> int:
+    """The largest version in the module's ``spacedrive_abi`` custom sections; 1 without any.
+
+    Only the section headers are walked (the linker may have concatenated several
+    such sections: one byte per declaration)."""
+    def leb(pos: int) -> tuple[int, int]:
+        value = shift = 0
+        while True:
+            if pos >= len(wasm) or shift > 28:
+                raise ExtensionError("not a valid WebAssembly module: bad section header")
+            byte = wasm[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value, pos
+
+    if wasm[:4] != b"\0asm":
+        raise ExtensionError("not a valid WebAssembly module")
+    version, pos = 1, 8
+    while pos < len(wasm):
+        section_id = wasm[pos]
+        size, body = leb(pos + 1)
+        end = body + size
+        if section_id == 0:
+            name_len, name_at = leb(body)
+            if wasm[name_at:name_at + name_len] == ABI_SECTION.encode():
+                payload = wasm[name_at + name_len:end]
+                if not payload:
+                    raise ExtensionError(f"custom section {ABI_SECTION} is empty")
+                version = max(version, *payload)
+        pos = end
+    return version
+
+
+def check_module_abi(module: wasmtime.Module, wasm: bytes | None = None) -> int:
+    """Refuse a module needing a newer ABI than ours, imports outside it, and missing or
+    mistyped required exports, by name. Returns the ABI version the module needs."""
+    needed = declared_abi_version(wasm) if wasm is not None else 1
+    if needed > ABI_VERSION:
+        raise ExtensionError(
+            f"module needs ABI version {needed} (custom section {ABI_SECTION}); this sd "
+            f"implements versions 1 to {ABI_VERSION}: upgrade sd to load it")
     for imp in module.imports:
         name = f"{imp.module}.{imp.name}"
         ty = imp.type
         if imp.module != ABI_MODULE or imp.name not in ABI_IMPORTS:
-            raise ExtensionError(f"module imports {name}, which is not part of ABI v1")
+            raise ExtensionError(f"module imports {name}, which is not part of ABI v{ABI_VERSION}")
+        needed = max(needed, ABI_SINCE.get(imp.name, 1))
         if not isinstance(ty, wasmtime.FuncType) or func_sig(ty) != ABI_IMPORTS[imp.name or ""]:
             raise ExtensionError(f"module imports {name} with the wrong signature")
     exports = {e.name: e.type for e in module.exports}
@@ -213,6 +262,7 @@ def check_module_abi(module: wasmtime.Module) -> None:
                 raise ExtensionError(f"export {name!r} must be a memory")
         elif not isinstance(export, wasmtime.FuncType) or func_sig(export) != sig:
             raise ExtensionError(f"export {name!r} has the wrong signature")
+    return needed
 
 
 def job_export_ok(module: wasmtime.Module, name: str) -> bool:

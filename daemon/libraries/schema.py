@@ -105,4 +105,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN label TEXT;
     CREATE INDEX jobs_by_extension ON jobs (extension_id, seq)
     """,
+    # 4: full-content BLAKE3 hashes, one per file (dev, inode), valid while its size, mtime and
+    # ctime are those it was hashed with.
+    """
+    CREATE TABLE content_hashes (
+        dev INTEGER NOT NULL,
+        inode INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        ctime_ns INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        hashed_at REAL NOT NULL,
+        PRIMARY KEY (dev, inode)
+    ) WITHOUT ROWID
+    """,
 ]

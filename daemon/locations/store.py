@@ -40,6 +40,7 @@ class Entry(msgspec.Struct):
     mtime: float
     inode: int
     cas_id: str | None
+    dev: int = 0  # st_dev: (dev, inode) names one file; hard links share it
 
 
 class EntryDetail(Entry):
@@ -139,7 +140,7 @@ def delete_location(conn: sqlite3.Connection, location_id: int) -> int:
 
 # --- entries -----------------------------------------------------------------------------------
 _ENTRY_COLS = ("e.id, e.location_id, e.path, e.parent, e.name, e.extension, e.kind, e.size, "
-               "e.mtime_ns, e.inode, e.cas_id")
+               "e.mtime_ns, e.inode, e.cas_id, e.dev")
 
 
 def _entry(r: tuple[Any, ...]) -> Entry:
@@ -171,6 +172,19 @@ def resolve_tag(conn: sqlite3.Connection, tag: int | str) -> int:
 
 def list_entries(conn: sqlite3.Connection, q: EntryQuery) -> EntryPage:
     """One page in keyset order (``id``, or ``size`` then ``id``); ``next_cursor`` continues it."""
+    sql, args = entries_sql(conn, q)
+    rows = [_entry(r) for r in conn.execute(sql, args)]
+    more = len(rows) > q.limit
+    rows = rows[:q.limit]
+    cursor = None
+    if more:
+        last = rows[-1]
+        cursor = f"id:{last.id}" if q.order == "id" else f"size:{last.size}:{last.id}"
+    return EntryPage(rows, cursor)
+
+
+def entries_sql(conn: sqlite3.Connection, q: EntryQuery) -> tuple[str, list[Any]]:
+    """The statement and arguments of one page of ``list_entries`` (one row more than asked)."""
     if not 1 <= q.limit <= MAX_PAGE:
         raise errors.InvalidParams(f"limit must be between 1 and {MAX_PAGE}")
     if q.parent is not None and q.location_id is None:
@@ -189,25 +203,27 @@ def list_entries(conn: sqlite3.Connection, q: EntryQuery) -> EntryPage:
     if q.extension is not None:
         where.append("e.extension = ?")
         args.append(q.extension.lstrip(".").lower())
-    if q.min_size is not None:
-        where.append("e.size >= ?")
-        args.append(q.min_size)
+    min_size = q.min_size
     if q.cursor is not None:
         key = _parse_cursor(q.cursor, q.order)
-        where.append("e.id > ?" if q.order == "id" else "(e.size, e.id) > (?, ?)")
-        args.extend(key)
+        if q.order == "id":
+            where.append("e.id > ?")
+            args.append(key[0])
+        else:
+            # One lower bound on size (the larger of min_size and the cursor's), so that the
+            # index range starts at the cursor: a page costs the same at any depth.
+            size, after_id = key
+            min_size = size if min_size is None else max(min_size, size)
+            where.append("(e.size > ? OR e.id > ?)")
+            args.extend((size, after_id))
+    if min_size is not None:
+        where.append("e.size >= ?")
+        args.append(min_size)
     sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY e.id" if q.order == "id" else " ORDER BY e.size, e.id"
     sql += " LIMIT ?"
     args.append(q.limit + 1)
-    rows = [_entry(r) for r in conn.execute(sql, args)]
-    more = len(rows) > q.limit
-    rows = rows[:q.limit]
-    cursor = None
-    if more:
-        last = rows[-1]
-        cursor = f"id:{last.id}" if q.order == "id" else f"size:{last.size}:{last.id}"
-    return EntryPage(rows, cursor)
+    return sql, args
 
 
 def get_entry(conn: sqlite3.Connection, entry_id: int) -> EntryDetail:

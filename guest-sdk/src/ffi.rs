@@ -1,4 +1,5 @@
-//! Raw host imports of ABI v1 (wasm import module `"spacedrive"`).
+//! Raw host imports of the ABI (wasm import module `"spacedrive"`): v1's nine and
+//! v2's `entry_read`.
 //!
 //! Everything here is `unsafe` and byte-level; extensions should use the safe
 //! wrappers in the crate root ([`crate::call`], [`crate::log`]) and in
@@ -10,7 +11,7 @@
 //!
 //! Only functions that the guest actually calls end up as imports of the final
 //! module (the linker drops unused ones), so a module imports a subset of
-//! these nine functions.
+//! these functions.
 
 #[cfg(target_arch = "wasm32")]
 #[link(wasm_import_module = "spacedrive")]
@@ -57,6 +58,12 @@ extern "C" {
 
     /// Adds `n` to the job's processed-bytes counter.
     pub fn job_increment_bytes(job_id_ptr: *const u8, n: i64);
+
+    /// ABI v2. Reads up to `buf_len` bytes (at most 16 MiB) of file entry
+    /// `entry_id` of library `library_id_ptr` (16 UUID bytes) at `offset`
+    /// straight into `buf_ptr`. Returns the bytes read (0 at or past the end
+    /// of the file) or a negative host error code (-32003 not permitted, ...).
+    pub fn entry_read(library_id_ptr: *const u8, entry_id: i64, offset: i64, buf_ptr: *mut u8, buf_len: usize) -> i64;
 }
 
 /// Native (non-wasm) stand-ins with the same signatures, so the SDK and
@@ -115,6 +122,10 @@ mod native {
     pub unsafe fn job_increment_items(_job_id_ptr: *const u8, _n: i64) {}
 
     pub unsafe fn job_increment_bytes(_job_id_ptr: *const u8, _n: i64) {}
+
+    pub unsafe fn entry_read(_library_id_ptr: *const u8, _entry_id: i64, _offset: i64, _buf_ptr: *mut u8, _buf_len: usize) -> i64 {
+        -32603
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]

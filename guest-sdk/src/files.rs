@@ -21,6 +21,8 @@ pub mod methods {
     pub const ENTRIES_GET: &str = "query:entries.get.v1";
     /// Bytes of a file entry (needs an explicit grant: this exact name).
     pub const ENTRIES_READ: &str = "query:entries.read.v1";
+    /// Full-content BLAKE3 of file entries (needs an explicit grant: this exact name).
+    pub const ENTRIES_CONTENT_HASH: &str = "query:entries.content_hash.v1";
     /// Create a tag (idempotent by name).
     pub const TAGS_CREATE: &str = "action:tags.create.input.v1";
     /// Every tag.
@@ -124,6 +126,9 @@ pub struct Entry {
     pub inode: u64,
     /// Content id (16 hex digits, see ABI.md), once computed.
     pub cas_id: Option<String>,
+    /// Device number: `(dev, inode)` names one file (hard links share it).
+    #[serde(default)]
+    pub dev: u64,
 }
 
 /// An entry with its tags ([`crate::Library::entry`]).
@@ -286,6 +291,47 @@ pub struct FileChunk {
     pub size: u64,
     /// `true` if the chunk reaches the end of the file.
     pub eof: bool,
+}
+
+/// Largest number of entries one [`crate::Library::content_hashes`] call takes.
+pub const MAX_HASH_ENTRIES: usize = 1000;
+
+/// Why the host gave no hash for an entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HashError {
+    /// Host error code (-32006 gone, -32007 changed since indexing / unreadable / not a file).
+    pub code: i64,
+    /// What happened, naming the file.
+    pub message: String,
+}
+
+/// The full-content hash of one entry ([`crate::Library::content_hashes`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContentHash {
+    /// The entry.
+    pub entry_id: i64,
+    /// BLAKE3 of the whole content, 64 hex digits; `None` with `error`.
+    pub hash: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// Device of the file.
+    pub dev: u64,
+    /// Inode of the file: `(dev, inode)` is one file, whatever its names.
+    pub inode: u64,
+    /// `true` if the host had it cached and read nothing.
+    pub cached: bool,
+    /// Why there is no hash.
+    #[serde(default)]
+    pub error: Option<HashError>,
+}
+
+/// Result of [`crate::Library::content_hashes`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HashResult {
+    /// One per requested entry, in order.
+    pub hashes: Vec<ContentHash>,
+    /// Bytes the host read for this call (0 when all were cached).
+    pub bytes_read: u64,
 }
 
 /// The wire form of [`FileChunk`]: `data` is base64.

@@ -1,6 +1,6 @@
 //! `spacedrive-sdk`: guest SDK for sd WebAssembly extensions.
 //!
-//! Target: `wasm32-unknown-unknown`, ABI v1 (see `guest-sdk/ABI.md`). The
+//! Target: `wasm32-unknown-unknown`, ABI v2 (see `guest-sdk/ABI.md`). The
 //! module produced by an extension imports only functions of the
 //! `"spacedrive"` module and exports `memory`, `wasm_alloc`, `wasm_free`,
 //! `plugin_init`, `plugin_cleanup` and one function per job.
@@ -57,8 +57,8 @@ pub use serde;
 /// Re-exported so extensions can use the exact versions the SDK uses.
 pub use serde_json;
 
-/// The ABI version this SDK implements.
-pub const ABI_VERSION: u32 = 1;
+/// The ABI version this SDK implements (and every module built with it declares).
+pub const ABI_VERSION: u32 = 2;
 
 /// Method name of the host's echo query.
 pub const PING_METHOD: &str = "query:test.ping.v1";
@@ -67,7 +67,7 @@ pub const PING_METHOD: &str = "query:test.ping.v1";
 pub mod prelude {
     pub use crate::log;
     pub use crate::types::{CallError, CheckpointError, Interrupt, JobResult, LogLevel, Uuid};
-    pub use crate::files::{Entry, EntryKind, EntryOrder, EntryPage, EntryQuery, TagRef};
+    pub use crate::files::{ContentHash, Entry, EntryKind, EntryOrder, EntryPage, EntryQuery, HashResult, TagRef};
     pub use crate::{JobContext, Library};
     pub use serde_json::{json, Value};
 }

@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 
 use crate::files::{
     base64_decode, methods, AddedLocation, Entry, EntryDetail, EntryPage, EntryQuery, FileChunk,
-    KeyPage, Location, RawChunk, Rescan, StoredValue, Tag, TagApplied, TagRef, TagRemoved,
+    HashResult, KeyPage, Location, RawChunk, Rescan, StoredValue, Tag, TagApplied, TagRef,
+    TagRemoved,
 };
 use crate::types::{CallError, Uuid};
 
@@ -100,6 +101,33 @@ impl Library {
         Ok(out)
     }
 
+    /// ABI v2 `entry_read`: reads up to `buf.len()` bytes (at most 16 MiB) of a
+    /// file entry at `offset` straight into `buf`, without JSON or base64.
+    /// Returns the bytes read: fewer than asked only at the end of the file, 0 at
+    /// or past it. The host checks what `query:entries.read.v1` checks (that exact
+    /// name granted, the library, no symlink followed); a refusal is
+    /// `CallError::Host` with the host's code (the message names the code only).
+    pub fn read_into(&self, entry_id: i64, offset: u64, buf: &mut [u8]) -> Result<usize, CallError> {
+        if offset > i64::MAX as u64 {
+            return Err(CallError::Host { code: -32602, message: "offset out of range".to_string() });
+        }
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the host writes at most that.
+        let n = unsafe { crate::ffi::entry_read(self.id.as_bytes().as_ptr(), entry_id, offset as i64, buf.as_mut_ptr(), buf.len()) };
+        if n < 0 {
+            return Err(CallError::Host { code: n, message: read_error(n).to_string() });
+        }
+        Ok(n as usize)
+    }
+
+    /// `query:entries.content_hash.v1`: the full-content BLAKE3 of up to
+    /// [`crate::files::MAX_HASH_ENTRIES`] file entries, computed by the host (cached per
+    /// file while its inode, size, mtime and ctime stay the same). An entry that is gone,
+    /// unreadable, not a file, or changed since indexing comes back with `error` set.
+    /// Needs the exact name granted.
+    pub fn content_hashes(&self, entry_ids: &[i64]) -> Result<HashResult, CallError> {
+        self.call(methods::ENTRIES_CONTENT_HASH, &json!({ "entry_ids": entry_ids }))
+    }
+
     // --- tags -------------------------------------------------------------------------------
 
     /// `action:tags.create.input.v1`: the tag named `name`, created if needed.
@@ -155,5 +183,19 @@ impl Library {
     pub fn storage_delete(&self, key: &str) -> Result<bool, CallError> {
         let r: Value = self.call(methods::STORAGE_DELETE, &json!({ "key": key }))?;
         Ok(r.get("deleted").and_then(Value::as_bool).unwrap_or(false))
+    }
+}
+
+/// A short text for an `entry_read` error code (the host returns only the code).
+fn read_error(code: i64) -> &'static str {
+    match code {
+        -32001 => "entry_read needs a library",
+        -32002 => "no such library",
+        -32003 => "permission denied: entry_read needs query:entries.read.v1 granted by its exact name",
+        -32004 => "rate limited",
+        -32006 => "no such entry, or its file is gone",
+        -32007 => "not a readable regular file (a symlink, changed, or unreadable)",
+        -32602 => "invalid offset",
+        _ => "entry_read failed",
     }
 }

@@ -1,6 +1,7 @@
 //! `extension!`: declares an extension's lifecycle hooks and jobs.
 
-/// Generates the ABI v1 entry points of an extension.
+/// Generates the entry points of an extension, and the `spacedrive_abi` custom
+/// section declaring [`crate::ABI_VERSION`] (ABI.md §8).
 ///
 /// ```ignore
 /// spacedrive_sdk::extension! {
@@ -50,6 +51,11 @@ macro_rules! extension {
                     },
                 )*
             ];
+
+            // ABI.md §8: the module declares the ABI version it was built for.
+            #[link_section = "spacedrive_abi"]
+            #[used]
+            static __SD_ABI_VERSION: [u8; 1] = [$crate::ABI_VERSION as u8];
 
             #[no_mangle]
             pub extern "C" fn plugin_init() -> i32 {

@@ -1,4 +1,4 @@
-"""Entry operations: list (filtered, keyset-paginated), get, and read file bytes."""
+"""Entry operations: list (filtered, keyset-paginated), get, read file bytes, content hashes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import os
 import msgspec
 
 from daemon import errors
-from daemon.locations import fs, store
+from daemon.libraries.db import Database
+from daemon.locations import fs, hashes, store
 from rpc.registry import OPERATIONS, OpContext
 
 MAX_READ = 1024 * 1024
@@ -23,6 +24,10 @@ class Read(msgspec.Struct, forbid_unknown_fields=True):
     entry_id: int
     offset: int = 0
     length: int = 64 * 1024
+
+
+class HashInput(msgspec.Struct, forbid_unknown_fields=True):
+    entry_ids: list[int]
 
 
 class Chunk(msgspec.Struct):
@@ -70,3 +75,68 @@ async def read(ctx: OpContext, inp: Read) -> Chunk:
         return Chunk(inp.entry_id, inp.offset, len(data), size, inp.offset + len(data) >= size,
                      base64.b64encode(data).decode())
     return await asyncio.to_thread(read_bytes)
+
+
+@OPERATIONS.register("query:entries.content_hash.v1", HashInput, library=True,
+                     explicit_grant=True)
+async def content_hash(ctx: OpContext, inp: HashInput) -> hashes.HashResult:
+    """Full-content BLAKE3 of up to 1000 file entries, cached per file (never follows a symlink)."""
+    if not 1 <= len(inp.entry_ids) <= hashes.MAX_ENTRIES:
+        raise errors.InvalidParams(f"entry_ids must hold between 1 and {hashes.MAX_ENTRIES} ids")
+    db = ctx.need_library().db
+    return await asyncio.to_thread(hashes.content_hashes, db, inp.entry_ids)
+
+
+MAX_READ_INTO = 16 * 1024 * 1024
+
+
+ReadCache = dict[tuple[str, int], tuple[str, str, str, int, int]]
+"""Per guest instance: (library path, entry id) -> (root, path, kind, dev, inode seen)."""
+_READ_CACHE_MAX = 256
+
+
+def read_into(db: Database, entry_id: int, offset: int, buf: memoryview,
+              cache: ReadCache | None = None) -> int:
+    """Read up to ``len(buf)`` (at most 16 MiB) bytes of a file entry at ``offset`` straight
+    into ``buf``; the bytes read, 0 at or past the end. The checks of ``entries.read``
+    (the caller's grant and library are checked by the dispatcher). Blocking.
+
+    ``cache`` (one per guest instance) keeps where an entry's file is, so that reading a
+    file in blocks asks the database once; a cached path is used only while the file
+    there is the inode first opened through it, else the index is asked again."""
+    if offset < 0:
+        raise errors.InvalidParams("offset must not be negative")
+    key = (str(db.path), entry_id)
+    hit = cache.get(key) if cache is not None else None
+    if cache is not None and hit is not None:
+        root, rel, _, dev, inode = hit
+        try:
+            fd = fs.open_file(root, rel)
+        except errors.SdError:
+            fd = -1  # moved or gone: ask the index
+        if fd >= 0:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) == (dev, inode):
+                return _read(fd, rel, offset, buf)
+            os.close(fd)
+        cache.pop(key, None)
+    root, rel, kind = db.run_sync(lambda c: store.entry_file(c, entry_id))
+    if kind != "file":
+        raise errors.InvalidState(f"entry {entry_id} is a {kind}, not a file")
+    fd = fs.open_file(root, rel)
+    if cache is not None:
+        if len(cache) >= _READ_CACHE_MAX:
+            cache.clear()
+        st = os.fstat(fd)
+        cache[key] = (root, rel, kind, st.st_dev, st.st_ino)
+    return _read(fd, rel, offset, buf)
+
+
+def _read(fd: int, rel: str, offset: int, buf: memoryview) -> int:
+    """preadv into ``buf`` (at most MAX_READ_INTO bytes), then close ``fd``."""
+    try:
+        return os.preadv(fd, [buf[:MAX_READ_INTO]], offset) if len(buf) else 0
+    except OSError as e:
+        raise errors.InvalidState(f"cannot read {rel}: {e.strerror}") from None
+    finally:
+        os.close(fd)

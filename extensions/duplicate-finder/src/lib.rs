@@ -1,27 +1,42 @@
-//! Duplicate Finder: a resumable job that finds files with the same content
-//! in a location, tags every member of a duplicate group, and stores a
-//! summary in its extension storage.
+//! Duplicate Finder: a resumable job that tags every file of a location whose
+//! whole content another file of the location has, and stores a summary in its
+//! extension storage.
 //!
-//! It pages through the location's files in size order (`order: "size"`), so
-//! files that could be duplicates arrive next to each other and the job only
-//! keeps the current run of equal-sized files in its state: the checkpoint
-//! stays small however big the location is. A run of two or more is grouped
-//! by cas_id; a file the host has not hashed yet is hashed here, with the
-//! host's exact scheme, from bytes read through `query:entries.read.v1`.
+//! Rules (docs/files.md has them too; `jdupes -r` on the same tree lists the
+//! same files):
+//!
+//! * **Whole content.** Files are grouped by the BLAKE3 of their entire
+//!   content, computed by the host (`query:entries.content_hash.v1`), never by
+//!   `cas_id`, which samples large files. Only files of equal size are hashed.
+//! * **Hard links are one file.** Names of one inode (`dev`, `inode`) are never
+//!   duplicates of each other. When another file has the same content, every
+//!   name of the inode is tagged (jdupes lists one or some of them; the files
+//!   agree).
+//! * **Empty files are never duplicates.**
+//! * **Changed or vanished files are skipped.** A file whose size, mtime or
+//!   inode differs from the index, that is gone, or that cannot be read is left
+//!   out with a job warning naming it; rescan the location to include it.
+//! * **Symlinks are never followed**: a symlink is not a file, and the host
+//!   opens every file without following one at any level.
+//!
+//! It pages through the location's files in size order (`order: "size"`,
+//! keyset pagination, so each page costs the same at any depth and the job is
+//! linear in the size of the location), keeping only the current run of
+//! equal-sized files in its state: the checkpoint stays small. Finished runs
+//! with at least two distinct files are queued and hashed in batches of
+//! `hash_batch` files (several runs a call); hashes are cached by the host, so
+//! a second run reads no file bytes.
 //!
 //! State (the job's input; everything but `location_id` is optional):
-//! `{"location_id": 1, "tag": "duplicate", "page_size": 100, "spin": 0}`.
+//! `{"location_id": 1, "tag": "duplicate", "page_size": 1000, "hash_batch": 256, "spin": 0}`.
 //! `spin` busy-waits that many iterations per page (for tests).
 //! A run first takes `tag` off the location's entries, so a re-run reflects
-//! the files as they are now. Empty files are never duplicates.
+//! the files as they are now. Resuming after a crash redoes at most one page.
 
-mod blake3;
-mod cas;
-
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use spacedrive_sdk::files::EntryOrder;
+use spacedrive_sdk::files::{EntryOrder, MAX_HASH_ENTRIES};
 use spacedrive_sdk::hint;
 use spacedrive_sdk::prelude::*;
 
@@ -31,9 +46,9 @@ spacedrive_sdk::extension! {
     ];
 }
 
-const PERMISSION_DENIED: i64 = -32003;
 const RATE_LIMITED: i64 = -32004;
 const RATE_RETRIES: u32 = 200;
+const TAG_BATCH: usize = 1000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -49,21 +64,27 @@ impl Default for Phase {
     }
 }
 
-/// A file of the current size run; `cas` is the host's cas_id or ours.
+/// A file of the current size run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Member {
     id: i64,
-    path: String,
     #[serde(default)]
-    cas: Option<String>,
+    dev: u64,
+    inode: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Stats {
     #[serde(default)]
     files: u64,
+    /// Files sharing their size with another file: the ones hashed.
+    #[serde(default)]
+    candidates: u64,
+    /// Hashes the host computed (read the file) / had cached.
     #[serde(default)]
     hashed: u64,
+    #[serde(default)]
+    cached: u64,
     #[serde(default)]
     bytes_read: u64,
     #[serde(default)]
@@ -87,6 +108,8 @@ struct State {
     tag: String,
     #[serde(default = "default_page_size")]
     page_size: u32,
+    #[serde(default = "default_hash_batch")]
+    hash_batch: u32,
     #[serde(default, skip_serializing_if = "is_zero")]
     spin: u64,
     #[serde(default)]
@@ -97,6 +120,12 @@ struct State {
     run_size: u64,
     #[serde(default)]
     run: Vec<Member>,
+    /// Candidates of finished runs waiting to be hashed, and entries waiting to be tagged;
+    /// both empty at every checkpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    queued: Vec<Member>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pending: Vec<i64>,
     #[serde(default)]
     total: u64,
     #[serde(default)]
@@ -108,7 +137,11 @@ fn default_tag() -> String {
 }
 
 fn default_page_size() -> u32 {
-    100
+    1000
+}
+
+fn default_hash_batch() -> u32 {
+    256
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -125,7 +158,7 @@ struct Summary<'a> {
 }
 
 /// Retries a call the host rate-limited (there is no clock in the guest: spin).
-pub(crate) fn retrying<T>(mut f: impl FnMut() -> Result<T, CallError>) -> Result<T, CallError> {
+fn retrying<T>(mut f: impl FnMut() -> Result<T, CallError>) -> Result<T, CallError> {
     let mut tries = 0;
     loop {
         match f() {
@@ -136,11 +169,6 @@ pub(crate) fn retrying<T>(mut f: impl FnMut() -> Result<T, CallError>) -> Result
             other => return other,
         }
     }
-}
-
-/// Errors that end the job instead of skipping one file.
-pub(crate) fn is_fatal(e: &CallError) -> bool {
-    matches!(e.code(), Some(PERMISSION_DENIED) | Some(RATE_LIMITED))
 }
 
 fn fail(ctx: &JobContext, what: &str, e: CallError) -> JobResult {
@@ -156,6 +184,9 @@ fn find(ctx: &JobContext, st: &mut State) -> JobResult {
     };
     if st.page_size == 0 || st.page_size > 1000 {
         return JobResult::failed("page_size must be between 1 and 1000");
+    }
+    if st.hash_batch == 0 || st.hash_batch as usize > MAX_HASH_ENTRIES {
+        return JobResult::failed(format!("hash_batch must be between 1 and {}", MAX_HASH_ENTRIES));
     }
     if st.total == 0 && st.phase == Phase::Clear {
         match retrying(|| lib.locations()) {
@@ -173,7 +204,7 @@ fn find(ctx: &JobContext, st: &mut State) -> JobResult {
         hint::spin(st.spin);
         let step = match st.phase {
             Phase::Clear => clear_page(&lib, st),
-            _ => scan_page(ctx, &lib, st),
+            _ => scan_page(ctx, &lib, st).and_then(|_| flush(ctx, &lib, st)),
         };
         if let Err(r) = step {
             return r;
@@ -197,8 +228,8 @@ fn find(ctx: &JobContext, st: &mut State) -> JobResult {
         return fail(ctx, "cannot store the summary", e);
     }
     ctx.log(&format!(
-        "location {}: {} duplicate files in {} groups ({} bytes reclaimable)",
-        st.location_id, st.stats.duplicates, st.stats.groups, st.stats.wasted_bytes
+        "location {}: {} duplicate files in {} groups ({} bytes reclaimable, {} skipped)",
+        st.location_id, st.stats.duplicates, st.stats.groups, st.stats.wasted_bytes, st.stats.skipped
     ));
     JobResult::Completed
 }
@@ -223,7 +254,7 @@ fn clear_page(lib: &Library, st: &mut State) -> Result<(), JobResult> {
     Ok(())
 }
 
-/// Reads one page of files in size order; closes every size run that ends in it.
+/// Reads one page of non-empty files in size order; closes every size run that ends in it.
 fn scan_page(ctx: &JobContext, lib: &Library, st: &mut State) -> Result<(), JobResult> {
     let q = EntryQuery::default()
         .location(st.location_id)
@@ -238,7 +269,7 @@ fn scan_page(ctx: &JobContext, lib: &Library, st: &mut State) -> Result<(), JobR
             close_run(ctx, lib, st)?;
             st.run_size = e.size;
         }
-        st.run.push(Member { id: e.id, path: e.path.clone(), cas: e.cas_id.clone() });
+        st.run.push(Member { id: e.id, dev: e.dev, inode: e.inode });
         st.stats.files += 1;
     }
     if page.next_cursor.is_none() {
@@ -251,57 +282,73 @@ fn scan_page(ctx: &JobContext, lib: &Library, st: &mut State) -> Result<(), JobR
     Ok(())
 }
 
-/// Groups the finished run of equal-sized files by content and tags each group of two or more.
+/// Queues the finished run of equal-sized files for hashing if it holds two or more
+/// distinct files (inodes); hashes the queue once it is a batch.
 fn close_run(ctx: &JobContext, lib: &Library, st: &mut State) -> Result<(), JobResult> {
     let run = std::mem::take(&mut st.run);
-    if run.len() < 2 {
+    let files: BTreeSet<(u64, u64)> = run.iter().map(|m| (m.dev, m.inode)).collect();
+    if files.len() < 2 {
         return Ok(());
     }
-    let size = st.run_size;
-    let mut groups: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for m in run {
-        let cas = match m.cas {
-            Some(c) => c,
-            None => {
-                let entry = Entry {
-                    id: m.id,
-                    location_id: st.location_id,
-                    path: m.path.clone(),
-                    parent: String::new(),
-                    name: String::new(),
-                    extension: String::new(),
-                    kind: EntryKind::File,
-                    size,
-                    mtime: 0.0,
-                    inode: 0,
-                    cas_id: None,
-                };
-                match cas::cas_id(lib, &entry) {
-                    Ok((c, n)) => {
+    st.stats.candidates += run.len() as u64;
+    st.queued.extend(run);
+    if st.queued.len() >= st.hash_batch as usize {
+        hash_queued(ctx, lib, st)?;
+    }
+    Ok(())
+}
+
+/// Hashes the queued candidates (runs of several sizes in one call: equal hashes mean equal
+/// sizes) and queues every group of two or more distinct files for tagging, under every name.
+fn hash_queued(ctx: &JobContext, lib: &Library, st: &mut State) -> Result<(), JobResult> {
+    let queued = std::mem::take(&mut st.queued);
+    let mut groups: BTreeMap<String, Vec<(i64, u64, u64, u64)>> = BTreeMap::new();
+    for chunk in queued.chunks(st.hash_batch as usize) {
+        let ids: Vec<i64> = chunk.iter().map(|m| m.id).collect();
+        let r = retrying(|| lib.content_hashes(&ids)).map_err(|e| fail(ctx, "cannot hash files", e))?;
+        st.stats.bytes_read += r.bytes_read;
+        ctx.increment_bytes(r.bytes_read);
+        for h in r.hashes {
+            match (h.hash, h.error) {
+                (Some(hash), _) => {
+                    if h.cached {
+                        st.stats.cached += 1;
+                    } else {
                         st.stats.hashed += 1;
-                        st.stats.bytes_read += n;
-                        ctx.increment_bytes(n);
-                        c
                     }
-                    Err(cas::HashError::Fatal(e)) => return Err(fail(ctx, &format!("cannot read {}", m.path), e)),
-                    Err(cas::HashError::Skip(msg)) => {
-                        ctx.add_warning(&msg);
-                        st.stats.skipped += 1;
-                        continue;
-                    }
+                    groups.entry(hash).or_insert_with(Vec::new).push((h.entry_id, h.dev, h.inode, h.size));
+                }
+                (None, err) => {
+                    let why = err.map(|e| e.message).unwrap_or_else(|| "no hash".to_string());
+                    ctx.add_warning(&format!("skipped entry {}: {}", h.entry_id, why));
+                    st.stats.skipped += 1;
                 }
             }
-        };
-        groups.entry(cas).or_insert_with(Vec::new).push(m.id);
-    }
-    for ids in groups.values().filter(|ids| ids.len() > 1) {
-        for chunk in ids.chunks(1000) {
-            retrying(|| lib.apply_tag(st.tag.as_str(), chunk)).map_err(|e| fail(ctx, "cannot tag", e))?;
         }
+    }
+    for members in groups.values() {
+        let distinct: BTreeSet<(u64, u64)> = members.iter().map(|&(_, d, i, _)| (d, i)).collect();
+        if distinct.len() < 2 {
+            continue;
+        }
+        st.pending.extend(members.iter().map(|&(id, _, _, _)| id));
         st.stats.groups += 1;
-        st.stats.duplicates += ids.len() as u64;
-        st.stats.wasted_bytes += size * (ids.len() as u64 - 1);
-        ctx.increment_items(ids.len() as u64);
+        st.stats.duplicates += members.len() as u64;
+        st.stats.wasted_bytes += members[0].3 * (distinct.len() as u64 - 1);
+        ctx.increment_items(members.len() as u64);
+    }
+    Ok(())
+}
+
+/// Hashes what is queued and applies the tag to the entries found (the end of each page:
+/// nothing is queued at a checkpoint).
+fn flush(ctx: &JobContext, lib: &Library, st: &mut State) -> Result<(), JobResult> {
+    if !st.queued.is_empty() {
+        hash_queued(ctx, lib, st)?;
+    }
+    let pending = std::mem::take(&mut st.pending);
+    for chunk in pending.chunks(TAG_BATCH) {
+        retrying(|| lib.apply_tag(st.tag.as_str(), chunk)).map_err(|e| fail(ctx, "cannot tag", e))?;
     }
     Ok(())
 }
