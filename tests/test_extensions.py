@@ -76,7 +76,7 @@ async def test_load_wasm_extension(core: Core, caplog: pytest.LogCaptureFixture)
     assert init and init[0].name == "sd.ext.test-extension"
     assert "[test-extension]" in init[0].getMessage()
     info = pm.info("test-extension")
-    assert {j["name"] for j in info.jobs} == {"counter", "fail", "trap"}
+    assert {j["name"] for j in info.jobs} == {"counter", "fail", "trap", "read_file"}
 
 
 async def test_dispatch_wasm_job(core: Core, caplog: pytest.LogCaptureFixture) -> None:
