@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
 	touch $(STAMP)
 
-# Builds every crate in extensions/ to wasm32 with Debian's toolchain (installed when missing).
-extensions:
+# Builds every extension in extensions/ to wasm32: Rust crates with Debian's toolchain
+# (installed when missing), C with zig cc from the venv.
+extensions: setup
 	bash scripts/build-extensions.sh
 
 run: setup extensions

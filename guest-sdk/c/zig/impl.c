@@ -1,0 +1,3 @@
+/* The SDK's implementation, compiled beside Zig code that @cImports spacedrive.h. */
+#define SPACEDRIVE_IMPLEMENTATION
+#include "spacedrive.h"
