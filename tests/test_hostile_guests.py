@@ -190,8 +190,10 @@ def test_wasm_alloc_of_2gib_is_refused(host: Host) -> None:
 
 @pytest.mark.parametrize("pointer,expected", [
     (0, "plugin_init of alloc-0 returned 7"),           # no reply could be placed: call returns 0
-    (0x7FFFFF00, "out of bounds"),
-    (-64, "out of bounds"),
+    (0x7FFFFF00, "spacedrive_call could not write its reply: the guest's wasm_alloc(22) returned "
+                 "2147483392, but [2147483392, 2147483414) is outside its memory of 65536 bytes"),
+    (-64, "spacedrive_call could not write its reply: the guest's wasm_alloc(22) returned -64, "
+          "but [-64, -42) is outside its memory of 65536 bytes"),
 ])
 def test_bad_wasm_alloc_pointers(host: Host, pointer: int, expected: str) -> None:
     companion = host.companion()
@@ -252,6 +254,14 @@ def test_forged_job_id(host: Host) -> None:
     assert info["status"] == "failed"
     assert "job id 00000000-0000-0000-0000-000000000000 is not a job of extension forger" in info["error"]
     host.healthy(companion)
+
+
+def test_job_id_passed_as_text(host: Host) -> None:
+    host.install("text-id", hostile("job_id_as_text"))
+    job = host.run("text-id")
+    info = host.wait(job)
+    assert info["status"] == "failed"
+    assert f"the text '{job[:16]}': job ids are 16 raw bytes, not text" in info["error"], info
 
 
 def test_forbidden_calls(host: Host) -> None:

@@ -9,6 +9,7 @@ same way, never truncated. Nothing here raises into ctypes.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -34,6 +35,8 @@ MAX_JOB_NAME_BYTES = 128
 _LEVELS = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
 _enc = msgspec.json.Encoder()
 _json_check = msgspec.json.Decoder()
+# 16 bytes of a UUID's text (hex digits and hyphens): a guest that passed the string.
+_UUID_TEXT = re.compile(rb"[0-9a-fA-F-]{16}")
 
 
 @dataclass(frozen=True)
@@ -96,9 +99,13 @@ class HostEnv:
         raw = hc.read(ptr, 16)
         job_id = str(uuid.UUID(bytes=raw))
         if self.phase != "job" or job_id != self.job_id:
+            hint = ""
+            if _UUID_TEXT.fullmatch(raw):
+                hint = (f" (the 16 bytes at {ptr} are the text {raw.decode()!r}: job ids are "
+                        f"16 raw bytes, not text; parse ctx's \"job_id\" string into its bytes)")
             raise GuestCallError(
                 f"job id {job_id} is not a job of extension {self.extension_id} "
-                f"running in this instance")
+                f"running in this instance{hint}")
         ctx = self.contexts.get(job_id)
         if ctx is None or ctx.extension_id != self.extension_id:
             raise GuestCallError(f"job {job_id} is not running")
@@ -126,7 +133,13 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
         ptr = hc.call(env.alloc, 4 + n)
         if not isinstance(ptr, int) or ptr == 0:
             return 0
-        hc.write(ptr, n.to_bytes(4, "little") + body)
+        try:
+            hc.write(ptr, n.to_bytes(4, "little") + body)
+        except GuestCallError:
+            raise GuestCallError(
+                f"spacedrive_call could not write its reply: the guest's wasm_alloc({4 + n}) "
+                f"returned {ptr}, but [{ptr}, {ptr + 4 + n}) is outside its memory of "
+                f"{hc.memory_size} bytes") from None
         return ptr
 
     def error_body(err: errors.SdError) -> bytes:

@@ -74,8 +74,9 @@ class GuestInstance:
             raise ExtensionError(describe_trap(e, self.limits.time_slice_ms)) from None
         return int(result or 0)
 
-    def put(self, data: bytes) -> tuple[int, int]:
-        """Copy ``data`` into memory the guest allocated; returns (ptr, allocated size)."""
+    def put(self, data: bytes, what: str = "buffer") -> tuple[int, int]:
+        """Copy ``data`` (the job's ``what``) into memory the guest allocated; returns
+        (ptr, allocated size)."""
         size = max(len(data), 1)
         set_epoch_deadline(self.store, self.env.deadline_ticks)
         try:
@@ -86,7 +87,9 @@ class GuestInstance:
         if not isinstance(ptr, int) or ptr == 0:
             raise ExtensionError(f"wasm_alloc({size}) returned 0: the guest is out of memory")
         if ptr < 0 or ptr + size > self.memory.size():
-            raise ExtensionError(f"wasm_alloc({size}) returned out-of-bounds pointer {ptr}")
+            raise ExtensionError(
+                f"the guest's wasm_alloc({size}) returned {ptr} for the job's {what}, but "
+                f"[{ptr}, {ptr + size}) is outside its memory of {self.memory.size()} bytes")
         self.memory.write(ptr, data)
         return ptr, size
 
@@ -97,8 +100,8 @@ class GuestInstance:
             pass  # the guest's allocator is its own business once the job is done
 
     def run_job(self, export: str, ctx_json: bytes, state_json: bytes) -> int:
-        cptr, clen = self.put(ctx_json)
-        sptr, slen = self.put(state_json)
+        cptr, clen = self.put(ctx_json, "context")
+        sptr, slen = self.put(state_json, "state")
         code = self.call(export, cptr, len(ctx_json), sptr, len(state_json))
         self.release(cptr, clen)
         self.release(sptr, slen)

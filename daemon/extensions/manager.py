@@ -39,7 +39,12 @@ from daemon.extensions.host_functions import HostEnv, LogLimiter, RegisteredJob
 from daemon.extensions.instance import GuestInstance
 from daemon.extensions.manifest import Manifest, read_manifest
 from daemon.extensions.policy import ExtensionPolicy
-from daemon.extensions.runtime import WasmRuntime, check_module_abi, job_export_ok
+from daemon.extensions.runtime import (
+    WasmRuntime,
+    check_module_abi,
+    check_module_memory,
+    job_export_ok,
+)
 from daemon.jobs.context import ContextRegistry, Interrupt, Interrupted, JobContext
 from daemon.jobs.types import JobRegistry, JobType
 
@@ -218,6 +223,7 @@ class PluginManager:
         module, _ = await asyncio.to_thread(self.runtime.compile, wasm,
                                              str(source / manifest.wasm_file))
         check_module_abi(module, wasm)
+        check_module_memory(module, self._memory_bytes(manifest))
         dest = self.plugin_dir / manifest.id
         same = (dest / "manifest.json").exists() and \
             (dest / "manifest.json").read_bytes() == (source / "manifest.json").read_bytes() and \
@@ -280,6 +286,7 @@ class PluginManager:
         plugin.module_bytes = len(wasm)
         module, cached = self.runtime.compile(wasm, str(plugin.directory / m.wasm_file))
         check_module_abi(module, wasm)
+        check_module_memory(module, self._memory_bytes(m))
         plugin.module, plugin.from_cache = module, cached
         plugin.policy = ExtensionPolicy(m, self.limits)
         env = self._env(plugin, "init")

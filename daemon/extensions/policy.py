@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 from daemon import errors
 from daemon.calls import OperationSpec
@@ -23,7 +24,9 @@ class ExtensionPolicy:
         perms = manifest.permissions
         self.extension_id = manifest.id
         self.prefixes = tuple(perms.methods)
-        self.libraries = None if perms.libraries == "*" else frozenset(perms.libraries)
+        # Compared as canonical text: a manifest may spell an id in upper case or without hyphens.
+        self.libraries = None if perms.libraries == "*" else frozenset(
+            str(uuid.UUID(lib)) for lib in perms.libraries)
         self.rate = min(perms.rate_limits.requests_per_minute, limits.requests_per_minute) / 60.0
         self.burst = max(self.rate, 1.0)  # one second's worth
         self._tokens = self.burst

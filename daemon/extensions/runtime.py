@@ -265,6 +265,18 @@ def check_module_abi(module: wasmtime.Module, wasm: bytes | None = None) -> int:
     return needed
 
 
+def check_module_memory(module: wasmtime.Module, limit_bytes: int) -> None:
+    """Refuse a module whose memory starts larger than it may ever be (max_memory_mb)."""
+    for e in module.exports:
+        if e.name == "memory" and isinstance(e.type, wasmtime.MemoryType):
+            pages = e.type.limits.min
+            if pages * 65536 > limit_bytes:
+                raise ExtensionError(
+                    f"the module's memory starts at {pages} pages ({pages * 64} KiB), more than "
+                    f"the {limit_bytes // (1024 * 1024)} MiB it may use (permissions.max_memory_mb, "
+                    f"capped by the daemon's extension_limits.max_memory_mb)")
+
+
 def job_export_ok(module: wasmtime.Module, name: str) -> bool:
     for e in module.exports:
         if e.name == name:
