@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BUILT_EXTENSIONS, ROOT, Daemon
-from test_jobs_daemon import job_info, wait_for
+from conftest import BUILT_EXTENSIONS, ROOT, Daemon, wait_for
+from test_jobs_daemon import job_info
 
 C_COUNTER = BUILT_EXTENSIONS / "c-counter"
 ZIG = [sys.executable, "-m", "ziglang"]
