@@ -22,7 +22,8 @@
  *           -Wl,--no-entry -Wl,--stack-first -o ext.wasm ext.c
  *
  * Zig: @cImport(@cInclude("spacedrive.h")) sees the declarations; compile one
- * C file with the implementation beside the Zig code (guest-sdk/c/zig/).
+ * C file with the implementation beside the Zig code (guest-sdk/c/zig/) and
+ * call the sd_* functions, not sd_raw_* (translate-c drops the import module).
  *
  * Memory: allocation sizes are rounded up to a power of two from 16 bytes to
  * 64 KiB, and to whole 64 KiB pages above that; freed blocks are reused by
