@@ -1,4 +1,4 @@
-"""manifest.json: every rule of guest-sdk/ABI.md §8, accepted and refused."""
+"""manifest.json: every rule of guest-sdk/ABI.md §9, accepted and refused."""
 
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     permissions: Permissions = Permissions()
 
     def validate(self) -> None:
-        """The rules of guest-sdk/ABI.md §8; the first one broken is the error."""
+        """The rules of guest-sdk/ABI.md §9; the first one broken is the error."""
         if len(self.id) > MAX_ID or not ID_RE.fullmatch(self.id):
             raise ExtensionError(
                 f"manifest id {self.id!r} must match [a-z0-9][a-z0-9-]* (at most {MAX_ID})")
