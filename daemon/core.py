@@ -87,6 +87,7 @@ class Core:
             "uptime_s": round(time.time() - self.started_at, 3),
             "data_dir": str(self.data_dir),
             "libraries": len(self.libraries),
+            "unavailable_libraries": self.libraries.unavailable_count,
             "running_jobs": len(self.job_contexts),
             "extensions": 0 if self.plugin_manager is None else self.plugin_manager.loaded_count(),
             "subscribers": self.events.subscriber_count,

@@ -139,6 +139,20 @@ class ExtensionError(SdError):
     kind = "extension_error"
 
 
+class LibraryUnavailable(SdError):
+    """The library exists but cannot be used (its database is corrupt or unreadable)."""
+
+    code = -32040
+    kind = "library_unavailable"
+
+
+class DiskFull(SdError):
+    """A write failed for lack of space (SQLITE_FULL, ENOSPC); nothing committed is lost."""
+
+    code = -32041
+    kind = "disk_full"
+
+
 class ShuttingDown(SdError):
     code = -32030
     kind = "shutting_down"

@@ -35,6 +35,12 @@ class LibraryDeleted(Event, tag="library.deleted"):
     pass
 
 
+class LibraryUnavailable(Event, tag="library.unavailable"):
+    """The library was isolated: its database cannot be used (``reason`` names the file)."""
+
+    reason: str
+
+
 class JobEvent(Event, kw_only=True):
     job_id: str
     name: str
@@ -98,7 +104,7 @@ class EventsDropped(Event, tag="events.dropped"):
 
 
 AnyEvent = (
-    LibraryCreated | LibraryDeleted | JobQueued | JobStarted | JobProgress | JobPaused
+    LibraryCreated | LibraryDeleted | LibraryUnavailable | JobQueued | JobStarted | JobProgress | JobPaused
     | JobResumed | JobCompleted | JobFailed | JobCancelled | ExtensionLoaded
     | ExtensionUnloaded | ExtensionFailed | EventsDropped
 )

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from rpc.cli_common import Ctx, fmt_time, pass_ctx, print_kv, print_table, resolve_library
+from rpc.cli_common import (
+    EXIT_ERROR,
+    Ctx,
+    fmt_time,
+    pass_ctx,
+    print_kv,
+    print_table,
+    resolve_library,
+)
 from rpc.client import Client
 
 
 @click.group()
 def library() -> None:
-    """Create, list, inspect and delete libraries."""
+    """Create, list, inspect, check and delete libraries."""
 
 
 @library.command("create")
@@ -33,8 +42,10 @@ def library_list(ctx: Ctx) -> None:
         if not rows:
             click.echo("no libraries (create one with `sd library create NAME`)")
             return
-        print_table([{**r, "created": fmt_time(r["created_at"])} for r in rows],
-                    ["id", "name", "created"])
+        columns = ["id", "name", "created", "state"]
+        if any(r.get("error") for r in rows):
+            columns.append("error")  # why a library is unavailable, naming its file
+        print_table([{**r, "created": fmt_time(r["created_at"] or None)} for r in rows], columns)
     ctx.out(ctx.call("query:libraries.list.v1"), human)
 
 
@@ -56,6 +67,28 @@ def library_info(ctx: Ctx, library: str | None) -> None:
     LIBRARY is a name, an id or a unique id prefix (default: the only library).
     """
     ctx.out(_by_library("query:libraries.info.v1")(ctx, library), print_kv)
+
+
+@library.command("check")
+@click.argument("library", required=False)
+@pass_ctx
+def library_check(ctx: Ctx, library: str | None) -> None:
+    """Run SQLite's integrity check on a library (exit 1 if it finds damage).
+
+    LIBRARY is a name, an id or a unique id prefix (default: the only library).
+    """
+    result = _by_library("query:libraries.check.v1")(ctx, library)
+
+    def human(r: dict[str, Any]) -> None:
+        if r["ok"]:
+            click.echo(f"library {r['id']}: ok ({r['path']}, {r['state']})")
+            return
+        click.echo(f"library {r['id']}: damaged ({r['path']}, now {r['state']})")
+        for problem in r["problems"]:
+            click.echo(f"  {problem}")
+    ctx.out(result, human)
+    if not result["ok"]:
+        sys.exit(EXIT_ERROR)
 
 
 @library.command("delete")

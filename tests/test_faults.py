@@ -6,13 +6,19 @@ Each test runs the real daemon; docs/reliability.md has the table of faults and 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import socket
+import sqlite3
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from conftest import BUILT_EXTENSIONS, Daemon
+from test_jobs_daemon import wait_for
 
 
 def half_closed_exchange(path: Path, data: bytes, timeout: float = 10.0) -> bytes:
@@ -94,3 +100,150 @@ def test_non_webassembly_module_is_named_as_such(daemon: Daemon, tmpdir_short: P
     assert r.returncode == 1
     assert "test_extension.wasm is not a WebAssembly module" in r.stderr, r.stderr
     assert "utf-8" not in r.stderr
+
+
+def fill_library(d: Daemon, lib: str, jobs: int = 40) -> None:
+    """Enough rows that the database has pages beyond the ones a corruption test overwrites."""
+    for _ in range(jobs):
+        r = d.rpc("action:jobs.dispatch.input.v1", {"name": "test.steps", "input": {"count": 5}}, lib)
+        assert "result" in r, r
+    wait_for(lambda: all(not d.rpc("query:jobs.list.v1", {"status": s}, lib)["result"]
+                         for s in ("queued", "running")))
+
+
+def test_corrupt_library_is_isolated(tmpdir_short: Path) -> None:
+    d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock").start()
+    good = d.sd_json("library", "create", "Good")["id"]
+    pages = d.sd_json("library", "create", "BadPages")["id"]
+    header = d.sd_json("library", "create", "BadHeader")["id"]
+    for lib in (pages, header):
+        fill_library(d, lib)
+    job = d.sd_json("job", "dispatch", "test.steps", "--library", good, "--input",
+                    json.dumps({"count": 30, "delay": 0.03}))["job_id"]
+    assert d.stop() == 0  # a clean stop: the job pauses and resumes at the next start
+    db = {lib: d.data_dir / "libraries" / lib / "library.db" for lib in (pages, header)}
+    with open(db[pages], "r+b") as f:  # header intact, pages 3-5 garbage
+        f.seek(8192)
+        f.write(os.urandom(20480 - 8192))
+    with open(db[header], "r+b") as f:
+        f.write(os.urandom(100))
+
+    d.start()  # the daemon starts and serves the other library
+    assert d.watch_job(job, good)["status"] == "completed"
+    r = d.sd("library", "check", pages)
+    assert r.returncode == 1 and "damaged" in r.stdout and str(db[pages]) in r.stdout, r.stdout
+    libs = {x["id"]: x for x in d.sd_json("library", "list")}
+    assert libs[good]["state"] == "available" and libs[good]["error"] is None
+    for lib in (pages, header):
+        assert libs[lib]["state"] == "unavailable"
+        assert str(db[lib]) in libs[lib]["error"], libs[lib]
+    assert "file is not a database" in libs[header]["error"]
+    human = d.sd("library", "list").stdout
+    assert "unavailable" in human and str(db[header]) in human
+    # Operations on it: a dedicated code, the reason naming the file.
+    r = d.rpc("query:jobs.list.v1", {}, header)
+    assert r["error"]["code"] == -32040 and str(db[header]) in r["error"]["message"], r
+    r = d.sd("job", "dispatch", "test.noop", "--library", pages, "--input", "{}")
+    assert r.returncode == 1 and "unavailable" in r.stderr and str(db[pages]) in r.stderr
+    r = d.sd("library", "check", good)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
+    # New work in the good library goes on; the bad ones can be deleted.
+    other = d.sd_json("job", "dispatch", "test.steps", "--library", good, "--input", '{"count": 3}')
+    assert d.watch_job(other["job_id"], good)["status"] == "completed"
+    for lib in (pages, header):
+        assert d.sd("library", "delete", lib).returncode == 0
+        assert not db[lib].parent.exists()
+    assert [x["id"] for x in d.sd_json("library", "list")] == [good]
+    assert d.stop() == 0
+    assert "Traceback" not in d.log()
+
+
+@pytest.fixture
+def small_disk(tmpdir_short: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs (needs root, as in CI)."""
+    mnt = tmpdir_short / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(path: Path) -> None:
+    """Write until ENOSPC, in smaller and smaller pieces, so no page is left."""
+    with open(path, "wb", buffering=0) as f:
+        for size in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+
+
+def test_full_disk_pauses_jobs_and_recovers_without_restart(small_disk: Path) -> None:
+    d = Daemon(small_disk, small_disk.parent / "run" / "sd.sock",
+               extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS), "--max-running-jobs", "2"])
+    d.start()
+    lib = d.sd_json("library", "create", "L")["id"]
+    info = lambda j: d.rpc("query:jobs.info.v1", {"id": j}, lib)["result"]  # noqa: E731
+    native = d.sd_json("job", "dispatch", "test.steps", "--input",
+                       '{"count": 1000000, "delay": 0.01}')["job_id"]
+    wasm = d.sd_json("job", "run", "test-extension", "counter", "--state",
+                     '{"current": 0, "target": 1000000, "spin": 2000000}')["job_id"]
+    queued = [d.sd_json("job", "dispatch", "test.steps", "--input", '{"count": 3}')["job_id"]
+              for _ in range(4)]
+    wait_for(lambda: info(native)["checkpoints"] >= 3 and info(wasm)["checkpoints"] >= 3)
+    libraries_before = sorted(os.listdir(small_disk / "libraries"))
+
+    fill(small_disk / "filler")
+    # Both running jobs pause with the reason and give up their slots; the queued ones stay
+    # queued (they cannot be marked running) instead of dying.
+    for job in (native, wasm):
+        wait_for(lambda j=job: info(j)["status"] == "paused", timeout=30)  # type: ignore[misc]
+        assert info(job)["pause_reason"] == "disk full"
+    wait_for(lambda: d.rpc("query:core.status.v1")["result"]["running_jobs"] == 0)
+    assert [info(j)["status"] for j in queued] == ["queued"] * 4
+    saved = {j: info(j)["checkpoint"] for j in (native, wasm)}
+    # Requests that need space: a dedicated code and a clear message, not -32603.
+    r = d.rpc("action:libraries.create.input.v1", {"name": "More"})
+    assert r["error"]["code"] == -32041 and "is full" in r["error"]["message"], r
+    r = d.sd("library", "create", "More")
+    assert r.returncode == 1 and "is full" in r.stderr and "internal" not in r.stderr, r.stderr
+    assert sorted(os.listdir(small_disk / "libraries")) == libraries_before  # no leftover
+    # Cancel always ends a job, even before it can be written.
+    assert d.sd_json("job", "cancel", queued[3], "--library", lib) == {"status": "cancelled"}
+    assert d.sd_json("job", "cancel", native, "--library", lib) == {"status": "cancelled"}
+    assert info(queued[3])["status"] == info(native)["status"] == "cancelled"
+
+    (small_disk / "filler").unlink()
+    # Room again, no restart: queued jobs run, the paused job resumes, requests succeed.
+    for job in queued[:3]:
+        assert d.watch_job(job, lib, timeout=60)["status"] == "completed"
+    wait_for(lambda: info(wasm)["status"] == "running"
+             and info(wasm)["checkpoints"] > saved[wasm]["current"], timeout=30)
+    assert d.sd_json("job", "cancel", wasm, "--library", lib)["status"] in ("cancel_requested",
+                                                                            "cancelled")
+    wait_for(lambda: info(wasm)["status"] == "cancelled")
+    more = d.sd_json("library", "create", "More")["id"]
+    assert d.stop() == 0
+
+    # Nothing committed was lost; every state change held in memory reached the database.
+    for path in (small_disk / "libraries").iterdir():
+        with sqlite3.connect(path / "library.db") as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    with sqlite3.connect(small_disk / "libraries" / lib / "library.db") as conn:
+        rows = dict(conn.execute("SELECT id, status FROM jobs"))
+        ckpt = json.loads(conn.execute("SELECT checkpoint FROM jobs WHERE id = ?", (native,)).fetchone()[0])
+    assert rows[native] == rows[wasm] == rows[queued[3]] == "cancelled"
+    assert [rows[j] for j in queued[:3]] == ["completed"] * 3
+    assert ckpt["next"] >= saved[native]["next"]
+    d.start()
+    assert {x["id"] for x in d.sd_json("library", "list")} == {lib, more}
+    assert "Task exception was never retrieved" not in d.log() and "Traceback" not in d.log()
+    d.stop()

@@ -213,7 +213,12 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
         except msgspec.DecodeError:
             ctx.add_warning("checkpoint refused: the state is not valid JSON")
             return 3
-        ctx.checkpoint_raw(state)
+        try:
+            ctx.checkpoint_raw(state)
+        except (errors.DiskFull, errors.LibraryUnavailable):
+            # Not saved; the context has asked the job to pause (ABI.md, job_checkpoint).
+            hc_deadline(hc)
+            return 4
         hc_deadline(hc)  # waiting for the database is not the guest's time
         return 0
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from daemon import errors
 from daemon.events import EventBus, JobProgress
 from daemon.jobs import store
 
@@ -31,6 +32,9 @@ MAX_LOGGED_WARNINGS = 100
 # At most this many progress events per second per job; the last one always follows.
 PROGRESS_EVENTS_PER_S = 10
 _MIN_GAP = 1.0 / PROGRESS_EVENTS_PER_S
+# The pause reason of a job whose checkpoint could not be written for lack of space;
+# such jobs resume by themselves once there is room.
+DISK_FULL = store.DISK_FULL
 
 
 class Interrupt(enum.IntEnum):
@@ -84,7 +88,9 @@ class JobContext:
         self.warnings: list[str] = list(warnings or [])
         self.checkpoints = 0
         self.interrupt = Interrupt.CONTINUE
-        self.interrupt_reason: str | None = None  # "user" or "shutdown"
+        self.interrupt_reason: str | None = None  # "user", "shutdown", DISK_FULL ...
+        # Why the last checkpoint could not be written (a full disk, a damaged library).
+        self.write_error: errors.SdError | None = None
         self._db = db
         self._bus = bus
         self._loop = loop
@@ -161,14 +167,32 @@ class JobContext:
         """
         if _on_loop(self._loop):
             raise RuntimeError("JobContext.checkpoint blocks; use checkpoint_async on the event loop")
-        self._db.run_sync(self._checkpoint_fn(state))
+        try:
+            self._db.run_sync(self._checkpoint_fn(state))
+        except (errors.DiskFull, errors.LibraryUnavailable) as e:
+            self._not_saved(e)
+            raise
 
     async def checkpoint_async(self, state: Any) -> None:
-        await self._db.run(self._checkpoint_fn(state))
+        try:
+            await self._db.run(self._checkpoint_fn(state))
+        except (errors.DiskFull, errors.LibraryUnavailable) as e:
+            self._not_saved(e)
+            raise
 
     def checkpoint_raw(self, state_json: bytes) -> None:
         """Like ``checkpoint`` for state that is already JSON bytes (the WASM job's)."""
-        self._db.run_sync(self._checkpoint_fn(None, state_json))
+        try:
+            self._db.run_sync(self._checkpoint_fn(None, state_json))
+        except (errors.DiskFull, errors.LibraryUnavailable) as e:
+            self._not_saved(e)
+            raise
+
+    def _not_saved(self, e: errors.SdError) -> None:
+        """A checkpoint could not be written: the job is asked to stop where it is."""
+        self.write_error = e
+        self.request(Interrupt.PAUSE, DISK_FULL if isinstance(e, errors.DiskFull)
+                     else "library unavailable")
 
     def _checkpoint_fn(self, state: Any, raw: bytes | None = None) -> Any:
         data = raw if raw is not None else _encoder.encode(state)

@@ -6,6 +6,13 @@ Invariants:
   and queued jobs start in FIFO order;
 - a resumable job restarts from its last checkpoint; the live counters between
   two checkpoints may be lost on a kill, the checkpoint never is.
+
+A full disk (``DiskFull``) never strands a job: one that cannot write its checkpoint
+pauses (reason ``disk full``; a job that is not resumable fails) and gives up its
+slot; a queued job that cannot be marked running stays queued; a state change that
+cannot be written is held in memory (clients see it) and written as soon as there
+is room. A retry loop probes for room; when it comes back, held changes are written,
+waiting jobs start and jobs paused for space resume, without a restart.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from daemon.events import (
     JobStarted,
 )
 from daemon.jobs import store
-from daemon.jobs.context import ContextRegistry, Interrupt, Interrupted, JobContext
+from daemon.jobs.context import DISK_FULL, ContextRegistry, Interrupt, Interrupted, JobContext
 from daemon.jobs.types import JobRegistry, JobType
 from daemon.libraries.db import Database
 
@@ -42,6 +49,8 @@ log = logging.getLogger("sd.jobs")
 MAX_EVENT_OUTPUT_BYTES = 64 * 1024
 # Pause reasons that end by themselves when the job's extension is loaded again.
 EXTENSION_PAUSES = ("unload", "extension not loaded")
+# How often, at most, the disk is probed for room again after a write failed for lack of it.
+SPACE_RETRY_MAX_S = 1.0
 T = TypeVar("T")
 _enc = msgspec.json.Encoder()
 
@@ -76,9 +85,17 @@ class JobInfo(msgspec.Struct):
     checkpoints: int
     checkpoint_at: float | None
     interrupt_requested: str | None = None
+    pause_reason: str | None = None  # "user", "shutdown", "disk full", "unload" ...
     input: Any = None
     transitions: list[Transition] | None = None
     type: str = ""  # the job type, e.g. "wasm_job"
+
+
+class _Held(msgspec.Struct):
+    """A state change that could not be written yet (a full disk)."""
+
+    status: str
+    kwargs: dict[str, Any]
 
 
 class JobHandle:
@@ -145,6 +162,11 @@ class JobManager:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._waiters: dict[str, list[asyncio.Future[store.JobRow]]] = {}
         self._closing = False
+        # Full-disk bookkeeping (see the module docstring); dicts keep FIFO order.
+        self._held: dict[str, _Held] = {}
+        self._blocked: dict[str, None] = {}  # queued jobs that could not be marked running
+        self._space_paused: dict[str, None] = {}
+        self._retry: asyncio.Task[None] | None = None
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -177,16 +199,25 @@ class JobManager:
             await asyncio.wait(pending, timeout=grace)
         for job_id, ctx in list(self._running.items()):
             resumable = ctx.name in self._types and self._types.get(ctx.name).resumable
-            await self._db.run(functools.partial(
-                store.transition, job_id=job_id, status="paused" if resumable else "failed",
-                expect=("running",), progress=ctx.snapshot(),
-                pause_reason="shutdown" if resumable else None,
-                error=None if resumable else "the daemon stopped while this job was running",
-                note="still running at shutdown; resumes from its last checkpoint"
-                if resumable else None))
+            try:
+                await self._db.run(functools.partial(
+                    store.transition, job_id=job_id, status="paused" if resumable else "failed",
+                    expect=("running",), progress=ctx.snapshot(),
+                    pause_reason="shutdown" if resumable else None,
+                    error=None if resumable else "the daemon stopped while this job was running",
+                    note="still running at shutdown; resumes from its last checkpoint"
+                    if resumable else None))
+            except errors.SdError as e:  # a full disk or a damaged library: recovery at start
+                log.warning("job %s: state at shutdown not saved: %s", job_id, e.message)
             self._contexts.unregister(job_id)
         for task in self._tasks.values():
             task.cancel()
+        if self._retry is not None:
+            self._retry.cancel()
+        if self._held and not await self._write_held():
+            log.warning("%d job state change(s) in library %s could not be written before "
+                        "shutdown (no space); the next start recovers those jobs",
+                        len(self._held), self.library_id)
 
     # --- public API --------------------------------------------------------------------
     async def dispatch_by_name(self, name: str, input: Any, *,
@@ -227,7 +258,8 @@ class JobManager:
         if status is not None and status not in store.STATUSES:
             raise errors.InvalidParams(f"unknown status {status!r}; one of {store.STATUSES}")
         rows = await self._db.run(lambda c: store.list_jobs(c, status, limit, extension_id))
-        return [self._info(r, None) for r in rows]
+        rows = [self._overlay(r) for r in rows]
+        return [self._info(r, None) for r in rows if status is None or r.status == status]
 
     async def pause(self, job_id: str) -> str:
         """Pause a queued job now, or ask a running one to pause at its next check."""
@@ -245,6 +277,9 @@ class JobManager:
         raise errors.InvalidState(f"job {job_id} is {row.status}; only queued or running jobs pause")
 
     async def resume(self, job_id: str) -> str:
+        if job_id in self._held and not await self._write_held():
+            raise errors.DiskFull(f"job {job_id} cannot resume yet: its pause is not saved "
+                                  f"because the disk is full", {"job_id": job_id})
         row = await self._row(job_id)
         if row.status != "paused":
             raise errors.InvalidState(f"job {job_id} is {row.status}; only paused jobs resume")
@@ -252,6 +287,7 @@ class JobManager:
             raise errors.ShuttingDown("the daemon is shutting down")
         await self._db.run(lambda c: store.transition(c, job_id, "queued", expect=("paused",),
                                                       note="resumed"))
+        self._space_paused.pop(job_id, None)
         self._bus.publish(JobResumed(library_id=self.library_id, job_id=job_id, name=row.title))
         self._schedule(job_id)
         return "queued"
@@ -264,13 +300,18 @@ class JobManager:
         return len(ids)
 
     async def cancel(self, job_id: str) -> str:
+        """Cancel a job; it always ends, even when the disk is too full to say so yet."""
         row = await self._row(job_id)
         if row.status == "running" and job_id in self._running:
             self._running[job_id].request(Interrupt.CANCEL, "user")
             return "cancel_requested"
         if row.status in ("queued", "paused"):
-            if await self._db.run(lambda c: store.transition(
-                    c, job_id, "cancelled", expect=("queued", "paused"))):
+            held = self._held.get(job_id)
+            # A held pause is still "running" in the database.
+            expect = held.kwargs["expect"] if held is not None else ("queued", "paused")
+            if await self._set(job_id, "cancelled", expect=expect):
+                self._blocked.pop(job_id, None)
+                self._space_paused.pop(job_id, None)
                 self._finished(job_id, row.title, "cancelled", None, None)
                 return "cancelled"
         raise errors.InvalidState(f"job {job_id} is {row.status}; it cannot be cancelled")
@@ -280,7 +321,17 @@ class JobManager:
         row = await self._db.run(lambda c: store.get(c, job_id))
         if row is None:
             raise errors.NotFound(f"no job {job_id} in library {self.library_id}")
-        return row
+        return self._overlay(row)
+
+    def _overlay(self, row: store.JobRow) -> store.JobRow:
+        """The row as it will be once its held state change is written."""
+        held = self._held.get(row.id)
+        if held is None:
+            return row
+        kw = held.kwargs
+        return msgspec.structs.replace(
+            row, status=held.status, pause_reason=kw.get("pause_reason"),
+            error=kw.get("error", row.error), output=kw.get("output", row.output))
 
     def _info(self, row: store.JobRow, trans: builtins.list[Transition] | None) -> JobInfo:
         ctx = self._running.get(row.id)
@@ -294,6 +345,7 @@ class JobManager:
             output=None if row.output is None else msgspec.json.decode(row.output),
             checkpoint=None if row.checkpoint is None else msgspec.json.decode(row.checkpoint),
             checkpoints=row.checkpoints, checkpoint_at=row.checkpoint_at,
+            pause_reason=row.pause_reason if row.status == "paused" else None,
             input=msgspec.json.decode(row.input), transitions=trans)
         if ctx is not None and row.status == "running":
             p = ctx.snapshot()
@@ -315,8 +367,18 @@ class JobManager:
             del self._tasks[job_id]
 
     async def _run(self, job_id: str) -> None:
+        try:
+            await self._run_job(job_id)
+        except asyncio.CancelledError:
+            raise
+        except errors.SdError as e:  # e.g. the library became unavailable under the job
+            log.warning("job %s stopped: %s", job_id, e.message)
+        except Exception:
+            log.exception("job %s: unexpected error in the job manager", job_id)
+
+    async def _run_job(self, job_id: str) -> None:
         row = await self._db.run(lambda c: store.get(c, job_id))
-        if row is None or row.status != "queued":
+        if row is None or row.status != "queued" or job_id in self._held:
             return
         try:
             jt = self._types.get(row.name)
@@ -329,7 +391,15 @@ class JobManager:
         gate = jt.gate(value) if jt.gate is not None else None
         async with gate if gate is not None else contextlib.nullcontext():
             async with self._slots:
-                ctx = await self._start(job_id, jt)
+                try:
+                    ctx = await self._start(job_id, jt)
+                except errors.DiskFull as e:
+                    if not self._blocked:
+                        log.warning("job %s cannot start: %s; it stays queued until there is "
+                                    "room", job_id, e.message)
+                    self._blocked[job_id] = None
+                    self._need_retry()
+                    return
                 if ctx is None:
                     return
                 try:
@@ -345,7 +415,7 @@ class JobManager:
             if self._closing:
                 return None
             row = await self._db.run(lambda c: store.get(c, job_id))
-            if row is None or row.status != "queued":
+            if row is None or row.status != "queued" or job_id in self._held:
                 return None  # paused or cancelled while it waited
             resumed = row.checkpoint is not None
             ctx = JobContext(
@@ -384,21 +454,26 @@ class JobManager:
                 self._bus.publish(JobPaused(library_id=self.library_id, job_id=job_id, name=row.title))
                 return
             if ctx.interrupt is Interrupt.CANCEL:
-                await self._db.run(lambda c: store.transition(
-                    c, job_id, "cancelled", expect=("running",), progress=ctx.snapshot()))
+                await self._set(job_id, "cancelled", expect=("running",), progress=ctx.snapshot())
                 self._finished(job_id, row.title, "cancelled", None, None)
+            elif ctx.write_error is not None:
+                await self._not_saved(jt, ctx, row, ctx.write_error)
             else:
                 # "user" waits for an explicit resume; EXTENSION_PAUSES end when the
                 # extension is loaded again (PluginManager's on_loaded).
                 reason = ctx.interrupt_reason or "user"
-                await self._db.run(lambda c: store.transition(
-                    c, job_id, "paused", expect=("running",), progress=ctx.snapshot(),
-                    pause_reason=reason, note=None if reason == "user" else reason))
+                await self._set(job_id, "paused", expect=("running",), progress=ctx.snapshot(),
+                                pause_reason=reason, note=None if reason == "user" else reason)
                 self._bus.publish(JobPaused(library_id=self.library_id, job_id=job_id, name=row.title))
             return
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - a job's failure is data, not a crash
+            write_error = ctx.write_error or (e if isinstance(e, errors.DiskFull) else None)
+            if write_error is not None and ctx.interrupt is not Interrupt.CANCEL:
+                ctx.emit_progress_if_changed()
+                await self._not_saved(jt, ctx, row, write_error)
+                return
             msg = e.message if isinstance(e, errors.SdError) else (str(e) or type(e).__name__)
             if not isinstance(e, errors.SdError):
                 log.info("job %s (%s) raised %s: %s", job_id, row.title, type(e).__name__, e)
@@ -411,17 +486,94 @@ class JobManager:
         except (TypeError, msgspec.EncodeError) as e:
             await self._fail(row, f"job output is not JSON-serialisable: {e}", ctx)
             return
-        await self._db.run(lambda c: store.transition(
-            c, job_id, "completed", expect=("running",), progress=ctx.snapshot(), output=output_json))
+        await self._set(job_id, "completed", expect=("running",), progress=ctx.snapshot(),
+                        output=output_json)
         # Events carry small outputs only; a subscriber's queue must not hold megabytes.
         small = len(output_json) <= MAX_EVENT_OUTPUT_BYTES
         self._finished(job_id, row.title, "completed", output if small else None, None)
 
     async def _fail(self, row: store.JobRow, message: str, ctx: JobContext | None) -> None:
         progress = ctx.snapshot() if ctx is not None else None
-        await self._db.run(lambda c: store.transition(
-            c, row.id, "failed", expect=("running", "queued"), progress=progress, error=message))
+        await self._set(row.id, "failed", expect=("running", "queued"), progress=progress,
+                        error=message)
         self._finished(row.id, row.title, "failed", None, message)
+
+    async def _not_saved(self, jt: JobType, ctx: JobContext, row: store.JobRow,
+                         err: errors.SdError) -> None:
+        """The job's checkpoint could not be written: pause it (fail it if not resumable)."""
+        if isinstance(err, errors.LibraryUnavailable):
+            return  # nothing can be written; the library is being isolated with its jobs
+        if not jt.resumable:
+            await self._fail(row, f"stopped: {err.message}", ctx)
+            return
+        log.warning("job %s (%s) paused: its checkpoint was not saved: %s",
+                    row.id, row.title, err.message)
+        await self._set(row.id, "paused", expect=("running",), progress=ctx.snapshot(),
+                        pause_reason=DISK_FULL, note=err.message)
+        self._space_paused[row.id] = None
+        self._need_retry()
+        self._bus.publish(JobPaused(library_id=self.library_id, job_id=row.id, name=row.title))
+
+    # --- a full disk ---------------------------------------------------------------------
+    async def _set(self, job_id: str, status: str, **kwargs: Any) -> bool:
+        """Write a state change; on a full disk hold it (True) and write it once there is room."""
+        held = self._held.get(job_id)
+        if held is not None:
+            kwargs["expect"] = held.kwargs["expect"]  # the database has not moved yet
+        try:
+            done = await self._db.run(functools.partial(
+                store.transition, job_id=job_id, status=status, **kwargs))
+        except errors.DiskFull as e:
+            log.warning("job %s is %s, not saved yet: %s", job_id, status, e.message)
+            self._held[job_id] = _Held(status, kwargs)
+            self._need_retry()
+            return True
+        self._held.pop(job_id, None)
+        return done
+
+    async def _write_held(self) -> bool:
+        """Write held state changes in order; False while the disk is still full."""
+        for job_id, held in list(self._held.items()):
+            try:
+                await self._db.run(functools.partial(
+                    store.transition, job_id=job_id, status=held.status, **held.kwargs))
+            except errors.DiskFull:
+                return False
+            if self._held.get(job_id) is held:
+                del self._held[job_id]
+            log.info("job %s: %s saved now that there is room", job_id, held.status)
+        return True
+
+    def _need_retry(self) -> None:
+        if not self._closing and (self._retry is None or self._retry.done()):
+            self._retry = asyncio.create_task(self._retry_when_room(),
+                                              name=f"space-retry-{self.library_id[:8]}")
+
+    async def _retry_when_room(self) -> None:
+        """Probe for room with a short backoff; then catch up on everything that waited."""
+        delay = 0.1
+        while not self._closing and (self._held or self._blocked or self._space_paused):
+            await asyncio.sleep(delay)  # a backoff between probes, not synchronisation
+            delay = min(delay * 2, SPACE_RETRY_MAX_S)
+            try:
+                if not await self._write_held():
+                    continue
+                blocked, self._blocked = list(self._blocked), {}
+                for job_id in blocked:
+                    self._schedule(job_id)  # blocks again (and is retried) if still full
+                for job_id in list(self._space_paused):
+                    try:
+                        await self.resume(job_id)
+                    except errors.DiskFull:
+                        break
+                    except errors.SdError:
+                        self._space_paused.pop(job_id, None)  # cancelled, deleted ...
+                    else:
+                        log.info("job %s resumed: there is room again", job_id)
+            except errors.SdError as e:  # e.g. the library became unavailable
+                log.warning("library %s: giving up on writes held for lack of space: %s",
+                            self.library_id, e.message)
+                return
 
     def _finished(self, job_id: str, name: str, status: str, output: Any, error: str | None) -> None:
         if status == "completed":

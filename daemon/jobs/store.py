@@ -16,6 +16,7 @@ import msgspec
 from daemon.libraries.db import transaction
 
 FINAL = frozenset({"completed", "failed", "cancelled"})
+DISK_FULL = "disk full"  # a pause reason (see JobContext)
 STATUSES = ("queued", "running", "paused", "completed", "failed", "cancelled")
 
 
@@ -187,7 +188,8 @@ def save_checkpoint(conn: sqlite3.Connection, job_id: str, state: bytes, p: Prog
 
 
 def recover(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
-    """After a stop: requeue resumable running jobs and shutdown-paused ones; fail the rest.
+    """After a stop: requeue resumable running jobs and those paused by shutdown or a full
+    disk; fail the rest.
 
     Returns (requeued ids, failed ids).
     """
@@ -196,11 +198,12 @@ def recover(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
     with transaction(conn):
         rows = conn.execute(
             "SELECT id, status, resumable, pause_reason FROM jobs "
-            "WHERE status = 'running' OR (status = 'paused' AND pause_reason = 'shutdown') "
-            "ORDER BY queued_at, seq").fetchall()
-        for job_id, status, resumable, _reason in rows:
+            "WHERE status = 'running' OR (status = 'paused' AND pause_reason IN ('shutdown', ?)) "
+            "ORDER BY queued_at, seq", (DISK_FULL,)).fetchall()
+        for job_id, status, resumable, reason in rows:
             if status == "paused" or resumable:
-                note = ("resumed after a clean shutdown" if status == "paused"
+                note = ("requeued at start after a pause for lack of space" if reason == DISK_FULL
+                        else "resumed after a clean shutdown" if status == "paused"
                         else "requeued after the daemon stopped while it was running")
                 conn.execute("UPDATE jobs SET status = 'queued', pause_reason = NULL, "
                              "updated_at = ? WHERE id = ?", (now, job_id))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from daemon import errors
-from daemon.libraries.manager import LibraryInfo
+from daemon.libraries.manager import CheckResult, LibraryInfo
 from rpc.registry import CLIENTS_ONLY, OPERATIONS, Empty, OpContext
 
 
@@ -19,8 +19,8 @@ class CreateLibrary(msgspec.Struct, forbid_unknown_fields=True):
 
 @OPERATIONS.register("query:libraries.list.v1")
 async def list_libraries(ctx: OpContext, _: Empty) -> list[LibraryInfo]:
-    """Every library, oldest first (an extension sees those its manifest grants)."""
-    return [lib.info() for lib in ctx.core.libraries.list() if ctx.caller.sees_library(lib.id)]
+    """Every library, oldest first, with its state (an extension sees those its manifest grants)."""
+    return [info for info in ctx.core.libraries.infos() if ctx.caller.sees_library(info.id)]
 
 
 @OPERATIONS.register("query:libraries.info.v1", LibraryId)
@@ -28,7 +28,13 @@ async def info(ctx: OpContext, inp: LibraryId) -> LibraryInfo:
     """One library."""
     if not ctx.caller.sees_library(inp.id):
         raise errors.PermissionDenied(f"{ctx.caller.describe()} has no access to library {inp.id}")
-    return ctx.core.libraries.get(inp.id).info()
+    return ctx.core.libraries.info(inp.id)
+
+
+@OPERATIONS.register("query:libraries.check.v1", LibraryId, callers=CLIENTS_ONLY)
+async def check(ctx: OpContext, inp: LibraryId) -> CheckResult:
+    """SQLite's integrity check of a library's database; a damaged library is isolated."""
+    return await ctx.core.libraries.check(inp.id)
 
 
 @OPERATIONS.register("action:libraries.create.input.v1", CreateLibrary, callers=CLIENTS_ONLY)
