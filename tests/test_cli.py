@@ -188,6 +188,7 @@ sd job pause
 sd job resume
 sd job run
 sd job watch
+sd library check
 sd library create
 sd library delete
 sd library info

@@ -17,8 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BUILT_EXTENSIONS, Daemon
-from test_jobs_daemon import wait_for
+from conftest import BUILT_EXTENSIONS, Daemon, wait_for
 
 
 def half_closed_exchange(path: Path, data: bytes, timeout: float = 10.0) -> bytes:
