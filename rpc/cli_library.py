@@ -73,7 +73,7 @@ def library_info(ctx: Ctx, library: str | None) -> None:
 @click.argument("library", required=False)
 @pass_ctx
 def library_check(ctx: Ctx, library: str | None) -> None:
-    """Run SQLite's integrity check on a library (exit 1 if it finds damage).
+    """Check a library with SQLite's integrity check (exit 1 if damaged).
 
     LIBRARY is a name, an id or a unique id prefix (default: the only library).
     """
