@@ -47,9 +47,9 @@ SIZES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "module_load_cached": ({"cold_rounds": 3, "cached_rounds": 9},
                            {"cold_rounds": 1, "cached_rounds": 3}),
     "indexing": ({"rounds": 3}, {"rounds": 1, "files": 20_000}),
-    "duplicates": ({"rounds": 3, "unique": 6_000, "groups": 300, "big_pairs": 8},
+    "duplicates": ({"rounds": 5, "unique": 6_000, "groups": 300, "big_pairs": 8},
                    {"rounds": 1, "unique": 1_000, "groups": 50, "big_pairs": 2}),
-    "guest_read": ({"rounds": 5}, {"rounds": 1, "size_mb": 20}),
+    "guest_read": ({"rounds": 9}, {"rounds": 1, "size_mb": 20}),
     "socket": ({"rounds": 12, "slice_s": 0.5}, {"rounds": 2, "slice_s": 0.3}),
     "progress_events": ({"spread_s": 3.0}, {"spread_s": 1.5}),
 }

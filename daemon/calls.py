@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from daemon.locations.fs import OpenFiles
 
 CLIENT = "client"
 EXTENSION = "extension"
@@ -59,8 +62,7 @@ DispatchFn = Callable[[str, "str | None", Any, Caller], Any]
 the dispatcher's ``execute_from_thread``, handed to the plugin manager by the
 composition root."""
 
-ReadIntoFn = Callable[[str, int, int, memoryview, Caller, dict[Any, Any]], int]
-"""``(library_id, entry_id, offset, buffer, caller, cache) -> bytes read``: ABI v2's
+ReadIntoFn = Callable[[str, int, int, memoryview, Caller, "OpenFiles | None"], int]
+"""``(library_id, entry_id, offset, buffer, caller, files) -> bytes read``: ABI v2's
 ``entry_read`` with ``query:entries.read.v1``'s checks, the dispatcher's
-``read_entry_into``. ``cache`` is the guest instance's own dict (where its entries'
-files are)."""
+``read_entry_into``. ``files`` are the job instance's open files (None: open, read, close)."""

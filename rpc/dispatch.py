@@ -17,6 +17,7 @@ import msgspec
 from daemon import errors
 from daemon.calls import CLIENT, Caller
 from daemon.core import Core
+from daemon.locations.fs import OpenFiles
 from rpc import operations as _operations  # noqa: F401 - registers every operation
 from rpc.operations import entries
 from rpc.registry import OPERATIONS, OpContext, Operation
@@ -66,7 +67,7 @@ class Dispatcher:
         return result
 
     def read_entry_into(self, library_id: str, entry_id: int, offset: int, buf: memoryview,
-                        caller: Caller, cache: entries.ReadCache | None = None) -> int:
+                        caller: Caller, files: OpenFiles | None = None) -> int:
         """ABI v2 ``entry_read``: ``query:entries.read.v1``'s checks (caller, grant, rate,
         library), then its bytes straight into ``buf``. Blocking: a guest's thread only."""
         op = OPERATIONS.get(READ_OPERATION)
@@ -76,7 +77,7 @@ class Dispatcher:
         if caller.policy is not None:
             caller.policy.check(op, library_id)
         library = self.core.libraries.get(library_id)
-        return entries.read_into(library.db, entry_id, offset, buf, cache)
+        return entries.read_into(library.db, entry_id, offset, buf, files)
 
     def execute_from_thread(self, method: str, library_id: str | None, payload: Any,
                             caller: Caller) -> Any:

@@ -27,6 +27,7 @@ from daemon.config import ExtensionLimits
 from daemon.extensions.fastpath import GuestCallError, HostCall, RawFunc, define_unchecked
 from daemon.extensions.runtime import ABI_IMPORTS, ABI_MODULE
 from daemon.jobs.context import ContextRegistry, JobContext
+from daemon.locations.fs import OpenFiles
 
 log = logging.getLogger("sd.extensions")
 
@@ -92,7 +93,8 @@ class HostEnv:
     # fails (JobResult::failed, the SDK's parse errors, a panic message before its trap).
     last_error: str | None = None
     read_into: ReadIntoFn | None = None
-    read_cache: dict[Any, Any] = field(default_factory=dict)
+    # Files entry_read opened for this job instance (closed when its job returns).
+    open_files: OpenFiles = field(default_factory=OpenFiles)
 
     def job_context(self, hc: HostCall, ptr: int) -> JobContext:
         """The live context of the job this instance runs, if ``ptr`` names it."""
@@ -259,7 +261,7 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
             return errors.InternalError.code
         try:
             n = env.read_into(library_id, entry_id, offset, hc.view(buf_ptr, buf_len), env.caller,
-                              env.read_cache)
+                              env.open_files if env.phase == "job" else None)
         except errors.SdError as e:
             log.debug("extension %s: entry_read %s: %s", env.extension_id, entry_id, e.message)
             n = e.code

@@ -393,6 +393,8 @@ class PluginManager:
         except errors.ExtensionError as e:
             # A trap: the guest's own reason (e.g. the SDK's panic message) comes first.
             raise errors.ExtensionError(failure_reason(env.last_error, e.message)) from None
+        finally:
+            env.open_files.close()
         if code == 0:
             return None if ctx.checkpoint_bytes is None else _json.decode(ctx.checkpoint_bytes)
         if code == 1:

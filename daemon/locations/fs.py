@@ -109,3 +109,77 @@ def read_range(fd: int, offset: int, length: int) -> bytes:
         offset += len(chunk)
         length -= len(chunk)
     return b"".join(chunks)
+
+
+class OpenFiles:
+    """Files a guest instance read with ``entry_read``, kept open for its next reads.
+
+    Opened like any read (component by component, no symlink followed), so what an
+    fd reads is the file that was inside the location when it was opened, whatever is
+    renamed or swapped in at its path later. At most ``MAX`` at once (the oldest is
+    closed first); ``close`` when the instance is done.
+    """
+
+    MAX = 16
+
+    def __init__(self) -> None:
+        self._files: dict[tuple[str, int], tuple[int, str]] = {}
+
+    def get(self, key: tuple[str, int]) -> tuple[int, str] | None:
+        return self._files.get(key)
+
+    def put(self, key: tuple[str, int], fd: int, rel: str) -> None:
+        if len(self._files) >= self.MAX:
+            oldest = next(iter(self._files))
+            os.close(self._files.pop(oldest)[0])
+        self._files[key] = (fd, rel)
+
+    def close(self) -> None:
+        files, self._files = self._files, {}
+        for fd, _ in files.values():
+            os.close(fd)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+
+class Dirs:
+    """Directory fds of one location, each opened once (like ``open_dir_nofollow``), for
+    stat-ing and opening many files in few system calls. ``close`` when done."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._fds: dict[str, int] = {}
+
+    def _dir(self, parent: str) -> int:
+        fd = self._fds.get(parent)
+        if fd is None:
+            fd = self._fds[parent] = open_dir_nofollow(self.root, parent)
+        return fd
+
+    def lstat(self, rel: str) -> os.stat_result:
+        """The file's own status (never a symlink's target). Raises SdErrors."""
+        parts = _components(rel)
+        try:
+            return os.stat(parts[-1], dir_fd=self._dir("/".join(parts[:-1])),
+                           follow_symlinks=False)
+        except OSError as e:
+            raise _os_error(e, rel) from None
+
+    def open_file(self, rel: str) -> int:
+        """Like ``open_file``: an fd on the regular file ``rel``. Raises SdErrors."""
+        parts = _components(rel)
+        try:
+            fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=self._dir("/".join(parts[:-1])))
+        except OSError as e:
+            raise _os_error(e, rel) from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise errors.InvalidState(f"{rel} is not a regular file (it is a {kind_of(st.st_mode)})")
+        return fd
+
+    def close(self) -> None:
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Sequence
 
@@ -122,61 +123,79 @@ def content_hashes(db: Database, entry_ids: Sequence[int]) -> HashResult:
     if not 1 <= len(entry_ids) <= MAX_ENTRIES:
         raise errors.InvalidParams(f"entry_ids must hold between 1 and {MAX_ENTRIES} ids")
     rows = db.run_sync(lambda c: _rows(c, entry_ids))
-    out: list[ContentHash] = []
-    fresh: dict[tuple[int, int], Fresh] = {}
-    buf: memoryview | None = None
-    read = 0
-    for entry_id in entry_ids:
-        row = rows.get(entry_id)
+    job = _Hashing()
+    dirs: dict[str, fs.Dirs] = {}
+    try:
+        out = [job.one(entry_id, rows.get(entry_id), dirs) for entry_id in entry_ids]
+    finally:
+        for d in dirs.values():
+            d.close()
+    if job.fresh:
+        done = list(job.fresh.values())
+        db.run_sync(lambda c: _store(c, done))
+    return HashResult(out, job.read)
+
+
+class _Hashing:
+    """One call's state: hashes computed so far (by file), bytes read, the read buffer."""
+
+    def __init__(self) -> None:
+        self.fresh: dict[tuple[int, int], Fresh] = {}
+        self.read = 0
+        self.buf = memoryview(bytearray(0))
+
+    def one(self, entry_id: int, row: _Row | None, dirs: dict[str, fs.Dirs]) -> ContentHash:
         if row is None:
-            out.append(_failed(entry_id, 0, 0, 0, errors.NotFound(f"no entry {entry_id}")))
-            continue
+            return _failed(entry_id, 0, 0, 0, errors.NotFound(f"no entry {entry_id}"))
         if row.kind != "file":
-            out.append(_failed(entry_id, row.size, row.dev, row.inode, errors.InvalidState(
-                f"{row.path} is a {row.kind}, not a file")))
-            continue
+            return _failed(entry_id, row.size, row.dev, row.inode, errors.InvalidState(
+                f"{row.path} is a {row.kind}, not a file"))
+        d = dirs.get(row.root)
+        if d is None:
+            d = dirs[row.root] = fs.Dirs(row.root)
         try:
-            fd = fs.open_file(row.root, row.path)
+            return self._hash(entry_id, row, d)
         except errors.SdError as e:
-            out.append(_failed(entry_id, row.size, row.dev, row.inode, e))
-            continue
+            return _failed(entry_id, row.size, row.dev, row.inode, e)
+        except OSError as e:
+            return _failed(entry_id, row.size, row.dev, row.inode, errors.InvalidState(
+                f"cannot read {row.path}: {e.strerror}", {"path": row.path}))
+
+    def _hash(self, entry_id: int, row: _Row, d: fs.Dirs) -> ContentHash:
+        key = (row.dev, row.inode)
+        st = d.lstat(row.path)  # no symlink followed, at any level
+        if stat.S_ISLNK(st.st_mode):
+            raise errors.InvalidState(f"{row.path} is (or passes through) a symbolic link; "
+                                      "not followed", {"path": row.path})
+        why = _changed(st, row)
+        if why is not None:
+            raise errors.InvalidState(f"{row.path}: {why}", {"path": row.path})
+        if key in self.fresh:
+            return ContentHash(entry_id, self.fresh[key][5], row.size, row.dev, row.inode, True)
+        if row.c_hash is not None and stat.S_ISREG(st.st_mode) and (
+                row.c_size, row.c_mtime_ns, row.c_ctime_ns) == (
+                st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            return ContentHash(entry_id, row.c_hash, row.size, row.dev, row.inode, True)
+        fd = d.open_file(row.path)
         try:
             st = os.fstat(fd)
             why = _changed(st, row)
             if why is not None:
                 raise errors.InvalidState(f"{row.path}: {why}", {"path": row.path})
-            key = (row.dev, row.inode)
-            if key in fresh:
-                out.append(ContentHash(entry_id, fresh[key][5], row.size, row.dev, row.inode, True))
-                continue
-            if row.c_hash is not None and (row.c_size, row.c_mtime_ns, row.c_ctime_ns) == (
-                    st.st_size, st.st_mtime_ns, st.st_ctime_ns):
-                out.append(ContentHash(entry_id, row.c_hash, row.size, row.dev, row.inode, True))
-                continue
-            if buf is None:
-                buf = memoryview(bytearray(min(BLOCK, max(row.size, 1))))
-            elif len(buf) < min(BLOCK, row.size):
-                buf = memoryview(bytearray(min(BLOCK, row.size)))
-            digest = hash_fd(fd, row.size, buf)
+            want = min(BLOCK, row.size)
+            if len(self.buf) < want:
+                self.buf = memoryview(bytearray(want))
+            digest = hash_fd(fd, row.size, self.buf)
             after = os.fstat(fd)
-            if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
-                    st.st_size, st.st_mtime_ns, st.st_ctime_ns):
-                raise errors.InvalidState(f"{row.path} changed while it was hashed",
-                                          {"path": row.path})
-            read += row.size
-            fresh[key] = (row.dev, row.inode, row.size, row.mtime_ns, st.st_ctime_ns, digest)
-            out.append(ContentHash(entry_id, digest, row.size, row.dev, row.inode, False))
-        except OSError as e:
-            out.append(_failed(entry_id, row.size, row.dev, row.inode, errors.InvalidState(
-                f"cannot read {row.path}: {e.strerror}", {"path": row.path})))
-        except errors.SdError as e:
-            out.append(_failed(entry_id, row.size, row.dev, row.inode, e))
         finally:
             os.close(fd)
-    if fresh:
-        done = list(fresh.values())
-        db.run_sync(lambda c: _store(c, done))
-    return HashResult(out, read)
+        if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
+                st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            raise errors.InvalidState(f"{row.path} changed while it was hashed",
+                                      {"path": row.path})
+        self.read += row.size
+        self.fresh[key] = (row.dev, row.inode, row.size, row.mtime_ns, st.st_ctime_ns, digest)
+        return ContentHash(entry_id, digest, row.size, row.dev, row.inode, False)
 
 
 def _failed(entry_id: int, size: int, dev: int, inode: int, e: errors.SdError) -> ContentHash:

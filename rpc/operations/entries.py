@@ -90,53 +90,36 @@ async def content_hash(ctx: OpContext, inp: HashInput) -> hashes.HashResult:
 MAX_READ_INTO = 16 * 1024 * 1024
 
 
-ReadCache = dict[tuple[str, int], tuple[str, str, str, int, int]]
-"""Per guest instance: (library path, entry id) -> (root, path, kind, dev, inode seen)."""
-_READ_CACHE_MAX = 256
-
-
 def read_into(db: Database, entry_id: int, offset: int, buf: memoryview,
-              cache: ReadCache | None = None) -> int:
+              files: fs.OpenFiles | None = None) -> int:
     """Read up to ``len(buf)`` (at most 16 MiB) bytes of a file entry at ``offset`` straight
     into ``buf``; the bytes read, 0 at or past the end. The checks of ``entries.read``
     (the caller's grant and library are checked by the dispatcher). Blocking.
 
-    ``cache`` (one per guest instance) keeps where an entry's file is, so that reading a
-    file in blocks asks the database once; a cached path is used only while the file
-    there is the inode first opened through it, else the index is asked again."""
+    With ``files`` (one per guest job instance) the file stays open for the instance's
+    next reads of the same entry: reading a file in blocks opens it once."""
     if offset < 0:
         raise errors.InvalidParams("offset must not be negative")
     key = (str(db.path), entry_id)
-    hit = cache.get(key) if cache is not None else None
-    if cache is not None and hit is not None:
-        root, rel, _, dev, inode = hit
-        try:
-            fd = fs.open_file(root, rel)
-        except errors.SdError:
-            fd = -1  # moved or gone: ask the index
-        if fd >= 0:
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) == (dev, inode):
-                return _read(fd, rel, offset, buf)
-            os.close(fd)
-        cache.pop(key, None)
+    hit = files.get(key) if files is not None else None
+    if hit is not None:
+        return _pread(hit[0], hit[1], offset, buf)
     root, rel, kind = db.run_sync(lambda c: store.entry_file(c, entry_id))
     if kind != "file":
         raise errors.InvalidState(f"entry {entry_id} is a {kind}, not a file")
     fd = fs.open_file(root, rel)
-    if cache is not None:
-        if len(cache) >= _READ_CACHE_MAX:
-            cache.clear()
-        st = os.fstat(fd)
-        cache[key] = (root, rel, kind, st.st_dev, st.st_ino)
-    return _read(fd, rel, offset, buf)
+    if files is not None:
+        files.put(key, fd, rel)
+        return _pread(fd, rel, offset, buf)
+    try:
+        return _pread(fd, rel, offset, buf)
+    finally:
+        os.close(fd)
 
 
-def _read(fd: int, rel: str, offset: int, buf: memoryview) -> int:
-    """preadv into ``buf`` (at most MAX_READ_INTO bytes), then close ``fd``."""
+def _pread(fd: int, rel: str, offset: int, buf: memoryview) -> int:
+    """preadv into ``buf``, at most MAX_READ_INTO bytes."""
     try:
         return os.preadv(fd, [buf[:MAX_READ_INTO]], offset) if len(buf) else 0
     except OSError as e:
         raise errors.InvalidState(f"cannot read {rel}: {e.strerror}") from None
-    finally:
-        os.close(fd)
