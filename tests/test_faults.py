@@ -9,10 +9,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import random
 import shutil
 import socket
 import sqlite3
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -251,3 +253,79 @@ def test_full_disk_pauses_jobs_and_recovers_without_restart(small_disk: Path) ->
     assert {x["id"] for x in d.sd_json("library", "list")} == {lib, more}
     assert "Task exception was never retrieved" not in d.log() and "Traceback" not in d.log()
     d.stop()
+
+
+def test_kill9_loop_during_creates_and_dispatches(tmpdir_short: Path) -> None:
+    """At random moments while a client creates libraries and dispatches jobs: kill -9,
+    restart, and check that nothing acknowledged was lost and nothing half-made shows."""
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock")
+    libraries: dict[str, str] = {}  # acknowledged: id -> name
+    jobs: dict[str, str] = {}  # acknowledged: job id -> library id
+    kills = 0
+    for _round in range(10):
+        d.start()
+        check_after_restart(d, libraries, jobs, seed)
+        stop = threading.Event()
+        client = threading.Thread(target=busy_client, args=(d, libraries, jobs, stop, rng))
+        client.start()
+        # The random moment of the kill (not synchronisation: any moment must be safe).
+        stop.wait(rng.uniform(0.05, 0.5))
+        d.kill9()
+        kills += 1
+        stop.set()
+        client.join(10)
+        assert not client.is_alive()
+    d.start()
+    check_after_restart(d, libraries, jobs, seed)
+    d.stop()
+    assert kills >= 10 and len(libraries) >= kills, (kills, len(libraries), seed)
+
+
+def busy_client(d: Daemon, libraries: dict[str, str], jobs: dict[str, str],
+                stop: threading.Event, rng: random.Random) -> None:
+    """Create libraries and dispatch jobs until the daemon goes away; record what was acknowledged."""
+    n = len(libraries)
+    while not stop.is_set():
+        try:
+            name = f"lib-{n}"
+            r = d.rpc("action:libraries.create.input.v1", {"name": name})
+            libraries[r["result"]["id"]] = name
+            n += 1
+            for _ in range(3):
+                lib = rng.choice(list(libraries))
+                job = (("test.steps", {"count": 3, "delay": 0.01}) if rng.random() < 0.8
+                       else ("test.sleep", {"seconds": 0.05}))
+                r = d.rpc("action:jobs.dispatch.input.v1", {"name": job[0], "input": job[1]}, lib)
+                jobs[r["result"]["job_id"]] = lib
+        except (OSError, ValueError, KeyError):
+            return  # the daemon was killed under the request: not acknowledged
+
+
+def check_after_restart(d: Daemon, libraries: dict[str, str], jobs: dict[str, str],
+                        seed: int) -> None:
+    listed = {x["id"]: x for x in d.rpc("query:libraries.list.v1")["result"]}
+    # Every acknowledged library exists; none is named by its id or half made.
+    assert set(libraries) <= set(listed), (set(libraries) - set(listed), seed)
+    for lib_id, info in listed.items():
+        assert info["state"] == "available", (info, seed)
+        assert info["name"] != lib_id and info["name"].startswith("lib-"), (info, seed)
+        libraries.setdefault(lib_id, info["name"])  # created, but killed before the answer
+    assert sorted(os.listdir(d.data_dir / "libraries")) == sorted(listed), seed
+    for lib_id in listed:
+        conn = sqlite3.connect(f"file:{d.data_dir / 'libraries' / lib_id / 'library.db'}?mode=ro",
+                               uri=True)
+        try:
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)], seed
+        finally:
+            conn.close()
+
+    def all_final() -> bool:
+        status = {}
+        for lib in set(jobs.values()):
+            for job in d.rpc("query:jobs.list.v1", {"limit": 10000}, lib)["result"]:
+                status[job["id"]] = job["status"]
+        assert set(jobs) <= set(status), (set(jobs) - set(status), seed)  # none was lost
+        return all(status[j] in ("completed", "failed", "cancelled") for j in jobs)
+    wait_for(all_final, timeout=60, what=f"every job reaches a final state (seed {seed})")
