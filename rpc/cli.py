@@ -26,8 +26,19 @@ Examples:
 """
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 80},
-             epilog=EPILOG)
+class Root(click.Group):
+    """The root group; ``--json`` is its option but may also follow the command
+    (``sd job list --json``), as people type it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        if "--json" in args[:end]:
+            args = ["--json", *(a for a in args[:end] if a != "--json"), *args[end:]]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=Root, epilog=EPILOG,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 80})
 @click.option("--socket", type=click.Path(path_type=Path), envvar="SD_SOCKET", default=None,
               help="Daemon socket [env SD_SOCKET]")
 @click.option("--json", "as_json", is_flag=True, help="Print raw JSON results (for scripts)")
@@ -37,7 +48,7 @@ def cli(ctx: click.Context, socket: Path | None, as_json: bool) -> None:
 
     Commands that work in a library take -l/--library (a name, an id or a
     unique id prefix; env SD_LIBRARY) and default to the only library. --json
-    goes before the command; `sd COMMAND --help` tells more.
+    may go before or after the command; `sd COMMAND --help` tells more.
     """
     ctx.obj = Ctx(socket or default_socket(), as_json)
 

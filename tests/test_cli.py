@@ -140,6 +140,15 @@ def test_completion_scripts(daemon: Daemon) -> None:
     assert daemon.sd("completion", "tcsh").returncode == 2
 
 
+def test_json_before_or_after_the_command(daemon: Daemon) -> None:
+    lib = daemon.sd_json("library", "create", "L")["id"]
+    for args in (["--json", "library", "list"], ["library", "list", "--json"],
+                 ["library", "--json", "list"]):
+        assert [x["id"] for x in json.loads(daemon.sd(*args, check=True).stdout)] == [lib], args
+    r = daemon.sd("job", "list", "-l", lib, "--json", check=True)
+    assert json.loads(r.stdout) == []
+
+
 def test_usage_error_exit_code(daemon: Daemon) -> None:
     assert daemon.sd("library", "create").returncode == 2
     assert daemon.sd("frobnicate").returncode == 2

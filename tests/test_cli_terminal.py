@@ -165,6 +165,23 @@ def test_piped_wait_prints_plain_lines(daemon: Daemon) -> None:
     assert not any("\x1b" in line or "━" in line for line in lines)  # no terminal drawing
 
 
+def test_piped_job_watch_prints_while_the_job_runs(daemon: Daemon) -> None:
+    lib = daemon.sd_json("library", "create", "L")["id"]
+    job = daemon.sd_json("job", "dispatch", "test.steps", "--input",
+                         json.dumps({"count": 30, "delay": 0.1}))["job_id"]
+    proc = subprocess.Popen([str(BIN / "sd"), "--socket", str(daemon.socket), "job", "watch",
+                             job], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    assert PLAIN.match(first.rstrip("\n")), first
+    assert daemon.sd_json("job", "info", job, "-l", lib)["status"] in ("queued", "running")
+    rest = proc.stdout.read().splitlines()
+    assert proc.wait(30) == 0
+    assert rest[-1] == f"job {job} completed: " + '{"done":30,"started_at":0}'
+    last = PLAIN.match(rest[-2])
+    assert last and last["pct"] == "100" and last["step"] == "30"
+
+
 def test_json_wait_and_watch_print_json_lines(daemon: Daemon) -> None:
     lib = daemon.sd_json("library", "create", "L")["id"]
     r = daemon.sd("--json", "job", "dispatch", "test.steps", "--input",
