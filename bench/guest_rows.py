@@ -43,6 +43,16 @@ def _timed(fn: Callable[[int], int], n: int) -> float:
     return n / dt
 
 
+def _cpu_timed(fn: Callable[[int], int], n: int) -> float:
+    """Calls per second of the calling thread's CPU time (not disturbed by other processes)."""
+    t0 = time.thread_time()
+    bad = fn(n)
+    dt = time.thread_time() - t0
+    if bad:
+        raise RuntimeError(f"{bad} of {n} guest calls got a bad reply")
+    return n / dt
+
+
 def bare_loops(engine: wasmtime.Engine) -> tuple[Callable[[int], int], Callable[[int], int]]:
     """The limit: (read through a cached memory base, read through ``HostCall.read``)."""
     module = wasmtime.Module(engine, wat.compile_wat(wat.bare_read_loop()))
@@ -111,9 +121,21 @@ async def run(tmp: Path, *, rounds: int, calls: int) -> Row:
                 assert plugin.main is not None
                 return plugin.main.call("bench_loop", n)
 
+        env = plugin.main.env if plugin.main is not None else None
+
+        def ours_unaccounted(n: int) -> int:
+            """The same loop with per-extension accounting off: what accounting costs."""
+            if env is None or not hasattr(env, "account"):
+                return ours_blocking(n)
+            env.account = False
+            try:
+                return ours_blocking(n)
+            finally:
+                env.account = True
+
         bare, bare_hostcall = bare_loops(pm.runtime.engine)
-        ours_r, peer_r, bare_r, bare_hc_r = [], [], [], []
-        for f in (ours_blocking, peer, bare, bare_hostcall):  # warm-up
+        ours_r, peer_r, bare_r, bare_hc_r, off_r = [], [], [], [], []
+        for f in (ours_blocking, ours_unaccounted, peer, bare, bare_hostcall):  # warm-up
             _timed(f, 2000)
         for _ in range(rounds):
             # Guest calls run off the event loop, as in the daemon.
@@ -121,19 +143,33 @@ async def run(tmp: Path, *, rounds: int, calls: int) -> Row:
             peer_r.append(_timed(peer, calls))
             bare_r.append(_timed(bare, calls * 4))
             bare_hc_r.append(_timed(bare_hostcall, calls * 4))
+        # Accounting's cost: the same loop with it on and off, in pairs whose order
+        # alternates, timed in the thread's CPU time (what other processes on this
+        # shared machine do moves wall time far more than 3%).
+        on_r: list[float] = []
+        for i in range(rounds * 4):
+            pair = [(on_r, ours_blocking), (off_r, ours_unaccounted)]
+            for results, fn in (pair if i % 2 == 0 else pair[::-1]):
+                results.append(await asyncio.to_thread(_cpu_timed, fn, calls // 2))
     finally:
         await core.shutdown()
     ours_v, peer_v, bare_v = median(ours_r), median(peer_r), median(bare_r)
     ratio = median([o / p for o, p in zip(ours_r, peer_r, strict=False)])
     pct_limit = 100.0 * ours_v / bare_v
+    # Accounting's cost: paired rounds, each one's slowdown against its neighbour.
+    acct_pct = median([100.0 * (1.0 - o / u) for o, u in zip(on_r, off_r, strict=False)])
     return Row(
         "guest_call", WHAT, "calls/s", ours_v, "Extism JSON host fn", peer_v, ratio, TARGET,
         ratio >= 1.25,
         note=(f"limit (bare unchecked host fn reading guest memory): {bare_v:,.0f} calls/s, "
               f"ours = {pct_limit:.1f}% of it; the same bare fn reading through "
               f"HostCall.read: {median(bare_hc_r):,.0f} calls/s; medians of {rounds} "
-              f"interleaved rounds of {calls:,} calls"),
+              f"interleaved rounds of {calls:,} calls; per-extension accounting costs "
+              f"{acct_pct:.1f}% (median of {len(on_r)} pairs timed in thread CPU time: "
+              f"{median(on_r):,.0f} vs {median(off_r):,.0f} calls per CPU-second)"),
         extra={"peer_calls_per_s": peer_v, "limit_calls_per_s": bare_v,
                "pct_of_limit": pct_limit, "limit_hostcall_read_calls_per_s": median(bare_hc_r),
+               "accounting_overhead_pct": acct_pct,
+               "accounting_cpu_rates": {"on": on_r, "off": off_r},
                "rounds": {"ours": ours_r, "peer": peer_r, "limit": bare_r,
                           "limit_hostcall_read": bare_hc_r}})

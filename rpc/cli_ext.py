@@ -7,7 +7,16 @@ from typing import Any
 
 import click
 
-from rpc.cli_common import ENCODE, Ctx, library_option, pass_ctx, print_kv, print_table
+from rpc.cli_common import (
+    ENCODE,
+    Ctx,
+    fmt_size,
+    fmt_time,
+    library_option,
+    pass_ctx,
+    print_kv,
+    print_table,
+)
 
 
 @click.group()
@@ -88,3 +97,44 @@ def ext_storage(ctx: Ctx, ext_id: str, prefix: str, library: str | None) -> None
             click.echo(f"{r['key']} = {ENCODE(r['value']).decode()}")
     ctx.out(ctx.lib_call(library, "query:extension_storage.inspect.v1",
                          {"extension_id": ext_id, "prefix": prefix, "limit": 1000}), human)
+
+
+@ext.command("stats")
+@click.argument("ext_id", required=False)
+@pass_ctx
+def ext_stats(ctx: Ctx, ext_id: str | None) -> None:
+    """What extensions cost, since the daemon started and in total (all, or EXT_ID)."""
+    def human(views: list[dict[str, Any]]) -> None:
+        if not views:
+            click.echo("no extension has run yet")
+        for i, v in enumerate(views):
+            if i:
+                click.echo()
+            click.echo(f"{v['id']}  (since start: {fmt_time(v['started_at'])})")
+            print_table(_stats_rows(v["since_start"], v["total"]),
+                        ["figure", "since start", "total"])
+    payload = {"id": ext_id} if ext_id else {}
+    ctx.out(ctx.call("query:extensions.stats.v1", payload), human)
+
+
+def _counts(d: dict[str, int]) -> str:
+    if not d:
+        return "0"
+    return f"{sum(d.values())} (" + ", ".join(
+        f"{k} {n}" for k, n in sorted(d.items(), key=lambda kv: (-kv[1], kv[0]))) + ")"
+
+
+def _stats_rows(since: dict[str, Any], total: dict[str, Any]) -> list[dict[str, Any]]:
+    figures: list[tuple[str, Any]] = [
+        ("guest CPU", lambda f: f"{f['guest_cpu_s']:.3f} s"),
+        ("host time on its calls", lambda f: f"{f['host_s']:.3f} s"),
+        ("calls", lambda f: _counts(f["calls"])),
+        ("errors by code", lambda f: _counts(f["errors"])),
+        ("rate-limited calls", lambda f: str(f["rate_limited"])),
+        ("log lines written", lambda f: str(f["log_lines"])),
+        ("log lines suppressed", lambda f: str(f["log_suppressed"])),
+        ("peak instance memory", lambda f: fmt_size(f["peak_memory_bytes"])),
+        ("jobs", lambda f: _counts(f["jobs"])),
+    ]
+    return [{"figure": name, "since start": fn(since), "total": fn(total)}
+            for name, fn in figures]

@@ -187,6 +187,7 @@ sd ext install
 sd ext list
 sd ext load
 sd ext reload
+sd ext stats
 sd ext storage
 sd ext unload
 sd job cancel

@@ -144,3 +144,73 @@ async def test_jobs_of_a_schema_2_library_keep_their_type_name(tmp_path: Path) -
     rows = db.run_sync(lambda c: store.list_jobs(c, None, 10, None))
     await db.close()
     assert [(r.id, r.label, r.title) for r in rows] == [("j1", None, "wasm_job")]
+
+
+def _stats(d: Daemon, ext_id: str) -> dict[str, Any]:
+    views = d.sd_json("ext", "stats", ext_id)
+    assert [v["id"] for v in views] == [ext_id]
+    return views[0]  # type: ignore[no-any-return]
+
+
+def test_ext_stats_account_and_survive_restarts(ext_daemon: Daemon, tmpdir_short: Path) -> None:
+    from wasm_guests import hostile, make_extension
+
+    d = ext_daemon
+    d.sd("library", "create", "L", check=True)
+    d.sd("job", "run", "test-extension", "counter", "--state",
+         '{"target": 5, "spin": 3000000}', "--wait", check=True)
+    assert d.sd("job", "run", "test-extension", "fail", "--wait").returncode == 4
+    s = _stats(d, "test-extension")["since_start"]
+    assert s["jobs"] == {"completed": 1, "failed": 1}
+    assert s["calls"] == {"query:test.ping.v1": 1}  # the counter pings once
+    assert s["errors"] == {} and s["rate_limited"] == 0
+    # init, the counter's start, ping echo, 5 counts, done, the failure's error line
+    assert s["log_lines"] >= 9 and s["log_suppressed"] == 0
+    assert s["guest_cpu_s"] > 0 and s["host_s"] > 0
+    assert 1 << 20 <= s["peak_memory_bytes"] <= 32 << 20  # at least the SDK's 17 pages
+
+    # A guest flooding calls: every call counted, the refused ones by code.
+    perms = {"methods": ["query:test."], "libraries": "*", "max_memory_mb": 16,
+             "rate_limits": {"requests_per_minute": 600, "concurrent_jobs": 1}}
+    src = tmpdir_short / "src"
+    d.sd("ext", "install", str(make_extension(src, "flood", hostile("call_flood", CALLS=2000),
+                                              permissions=perms)), check=True)
+    r = d.sd("--json", "job", "run", "flood", "run", "--wait")
+    assert r.returncode == 0, r.stderr
+    refused = json.loads(r.stdout.strip().splitlines()[-1])["output"]["errors"]
+    f = _stats(d, "flood")["since_start"]
+    assert f["calls"] == {"query:test.ping.v1": 2000}
+    assert 0 < refused < 2000 and f["errors"] == {"-32004": refused}
+    assert f["rate_limited"] == refused and f["jobs"] == {"completed": 1}
+    # A guest flooding its log: every line is written or suppressed.
+    d.sd("ext", "install", str(make_extension(src, "logger", hostile("log_flood", LINES=5000))),
+         check=True)
+    g = _stats(d, "logger")["since_start"]
+    assert g["log_suppressed"] > 0 and g["log_lines"] + g["log_suppressed"] == 5000
+
+    r = d.sd("ext", "stats", "test-extension", check=True)
+    for text in ("guest CPU", "host time on its calls", "query:test.ping.v1 1",
+                 "completed 1", "failed 1", "peak instance memory", "MiB"):
+        assert text in r.stdout, (text, r.stdout)
+    assert {v["id"] for v in d.sd_json("ext", "stats")} >= {"test-extension", "flood", "logger"}
+    r = d.sd("ext", "stats", "no-such-ext")
+    assert r.returncode == 1 and "no extension" in r.stderr
+
+    # A clean restart: since-start figures begin again, totals stay.
+    d.stop()
+    d.start()
+    v = _stats(d, "test-extension")
+    assert v["since_start"]["jobs"] == {} and v["total"]["jobs"] == {"completed": 1, "failed": 1}
+    assert v["total"]["calls"] == {"query:test.ping.v1": 1}
+    assert _stats(d, "flood")["total"]["rate_limited"] == refused
+    # kill -9: totals lack at most what was not saved yet; wait until it is, then kill.
+    d.sd("job", "run", "test-extension", "counter", "--state", '{"target": 2}', "--wait",
+         check=True)
+    saved = d.data_dir / "extensions" / "stats.json"
+    wait_for(lambda: json.loads(saved.read_text())["test-extension"]["jobs"].get("completed") == 2,
+             30, "stats.json to hold the second completed job")
+    d.kill9()
+    d.start()
+    v = _stats(d, "test-extension")
+    assert v["total"]["jobs"] == {"completed": 2, "failed": 1}
+    assert v["total"]["calls"] == {"query:test.ping.v1": 2}

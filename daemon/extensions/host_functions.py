@@ -16,6 +16,7 @@ import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any
 
 import msgspec
@@ -26,12 +27,14 @@ from daemon.calls import Caller, DispatchFn, ReadIntoFn
 from daemon.config import ExtensionLimits
 from daemon.extensions.fastpath import GuestCallError, HostCall, RawFunc, define_unchecked
 from daemon.extensions.runtime import ABI_IMPORTS, ABI_MODULE
+from daemon.extensions.stats import TIME_MASK, ExtensionStats, Tally
 from daemon.jobs.context import ContextRegistry, JobContext
 from daemon.locations.fs import OpenFiles
 
 log = logging.getLogger("sd.extensions")
 
 MAX_METHOD_BYTES = 256
+STATS_MERGE_S = 1.0  # a running job's tally reaches its extension's stats this often
 MAX_JOB_NAME_BYTES = 128
 _LEVELS = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
 _enc = msgspec.json.Encoder()
@@ -95,6 +98,22 @@ class HostEnv:
     read_into: ReadIntoFn | None = None
     # Files entry_read opened for this job instance (closed when its job returns).
     open_files: OpenFiles = field(default_factory=OpenFiles)
+    # Accounting (daemon/extensions/stats.py): this instance's tally, merged into
+    # ``stats``. ``account`` False skips it (only the bench's A/B of its cost does).
+    stats: ExtensionStats | None = None
+    tally: Tally = field(default_factory=Tally)
+    account: bool = True
+    cpu_mark: float = 0.0  # thread CPU time at the last merge (the guest's thread)
+
+    def merge_stats(self, *, peak_memory: int = 0, outcome: str | None = None) -> None:
+        """Fold the tally into the extension's stats. On the guest's thread."""
+        if self.stats is None:
+            return
+        cpu = time.thread_time()
+        guest_cpu = cpu - self.cpu_mark - self.tally.host_s
+        self.cpu_mark = cpu
+        self.stats.merge(self.tally, guest_cpu_s=guest_cpu, peak_memory=peak_memory,
+                         outcome=outcome)
 
     def job_context(self, hc: HostCall, ptr: int) -> JobContext:
         """The live context of the job this instance runs, if ``ptr`` names it."""
@@ -147,13 +166,31 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
     def error_body(err: errors.SdError) -> bytes:
         return _enc.encode({"error": errors.error_body(err)})
 
+    tally = env.tally
+    calls, errs = tally.calls, tally.errors  # cleared in place at each merge
+
+    def count_error(code: int) -> None:
+        if env.account:
+            errs[code] = errs.get(code, 0) + 1
+
     def spacedrive_call(hc: HostCall, a: tuple[Any, ...]) -> int:
         method_ptr, method_len, lib_ptr, payload_ptr, payload_len = a
         method = _text(hc, method_ptr, method_len, MAX_METHOD_BYTES, "method name")
+        t0 = 0.0
+        if env.account:
+            calls[method] = calls.get(method, 0) + 1
+            seq = tally.seq
+            tally.seq = seq + 1
+            if not seq & TIME_MASK:
+                t0 = perf_counter()
         library_id = None if lib_ptr == 0 else str(uuid.UUID(bytes=hc.read(lib_ptr, 16)))
         if payload_len < 0:
             raise GuestCallError(f"negative payload length {payload_len}")
         if payload_len > limits.max_payload_bytes:
+            count_error(errors.TooLarge.code)
+            if t0:
+                tally.timed_s += perf_counter() - t0
+                tally.timed_calls += 1
             return reply(hc, error_body(errors.TooLarge(
                 f"payload of {payload_len} bytes exceeds the limit of {limits.max_payload_bytes}")))
         payload = hc.read(payload_ptr, payload_len)
@@ -163,14 +200,20 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
             result = env.dispatch(method, library_id, payload, env.caller)
             body = b'{"ok":' + _enc.encode(result) + b"}"
         except errors.SdError as e:
+            count_error(e.code)
             body = error_body(e)
         except Exception as e:
             log.exception("extension %s: %s failed", env.extension_id, method)
+            count_error(errors.InternalError.code)
             body = error_body(errors.InternalError(f"internal error: {type(e).__name__}: {e}"))
         hc_deadline(hc)  # time spent in the host is not the guest's
         if len(body) > limits.max_reply_bytes:
+            count_error(errors.TooLarge.code)
             body = error_body(errors.TooLarge(
                 f"reply of {len(body)} bytes exceeds the limit of {limits.max_reply_bytes}"))
+        if t0:
+            tally.timed_s += perf_counter() - t0
+            tally.timed_calls += 1
         return reply(hc, body)
 
     def spacedrive_log(hc: HostCall, a: tuple[Any, ...]) -> None:
@@ -179,6 +222,10 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
         if level == 3:
             env.last_error = text  # kept even when the line itself is rate limited
         ok, suppressed = env.log_limiter.allow()
+        if ok:
+            tally.log_lines += 1
+        else:
+            tally.log_suppressed += 1
         if suppressed:
             glog.warning("[%s] %d log lines suppressed (rate limit)", env.extension_id, suppressed)
         if ok:
@@ -229,6 +276,8 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
         if env.revoked.is_set():
             raise GuestCallError(f"extension {env.extension_id} was unloaded")
         hc_deadline(hc)  # a job that checks in regularly may run as long as it likes
+        if time.monotonic() - tally.merged_at >= STATS_MERGE_S:
+            env.merge_stats()  # a long job's figures show while it runs
         return int(ctx.check_interrupt())
 
     def job_add_warning(hc: HostCall, a: tuple[Any, ...]) -> None:

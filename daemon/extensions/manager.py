@@ -45,6 +45,7 @@ from daemon.extensions.runtime import (
     check_module_memory,
     job_export_ok,
 )
+from daemon.extensions.stats import StatsBook, StatsView
 from daemon.jobs.context import ContextRegistry, Interrupt, Interrupted, JobContext
 from daemon.jobs.types import JobRegistry, JobType
 
@@ -122,6 +123,8 @@ class PluginManager:
         self._on_loaded = on_loaded
         self._plugins: dict[str, Plugin] = {}
         self._lock = asyncio.Lock()
+        self.stats = StatsBook(plugin_dir / "stats.json")
+        self._stats_saver: asyncio.Task[None] | None = None
         job_types.register(JobType(
             "wasm_job", True, WasmJobInput, self._run_job,
             "a job exported by a WebAssembly extension", owner=lambda i: i.extension_id,
@@ -130,6 +133,7 @@ class PluginManager:
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self, bundled: Path | None) -> None:
         """Install bundled extensions, then load what was loaded at the last stop."""
+        self._stats_saver = asyncio.create_task(self._save_stats_regularly())
         wanted = set(self._read_loaded())
         if bundled is not None and bundled.is_dir():
             for d in sorted(bundled.iterdir()):
@@ -152,6 +156,14 @@ class PluginManager:
                 await self._cleanup(plugin)
         self._plugins.clear()
         self.runtime.close()
+        if self._stats_saver is not None:
+            self._stats_saver.cancel()
+        await asyncio.to_thread(self.stats.save_if_dirty)
+
+    async def _save_stats_regularly(self, every_s: float = 5.0) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            await asyncio.to_thread(self.stats.save_if_dirty)
 
     # --- queries -----------------------------------------------------------------------------
     async def list_plugins(self) -> list[str]:
@@ -183,6 +195,15 @@ class PluginManager:
             [{"name": j.name, "export": j.export, "resumable": j.resumable}
              for j in plugin.jobs.values()],
             plugin.error, plugin.module_bytes, plugin.load_ms, plugin.from_cache, running)
+
+    def stats_views(self, ext_id: str | None = None) -> list[StatsView]:
+        """Each extension's figures since start and in total (one, if ``ext_id``)."""
+        if ext_id is None:
+            return self.stats.views()
+        if ext_id not in self.stats.ids() and ext_id not in self._plugins \
+                and not (self.plugin_dir / ext_id / "manifest.json").exists():
+            raise errors.NotFound(f"no extension {ext_id!r} is installed")
+        return [self.stats.of(ext_id).view(self.stats.started_at)]
 
     def job_export(self, ext_id: str, job_name: str) -> str:
         """The export of a job an extension registered, by the job's registered name."""
@@ -292,10 +313,13 @@ class PluginManager:
         env = self._env(plugin, "init")
         plugin.main = GuestInstance(self.runtime.engine, module, env,
                                     self._memory_bytes(m), self.limits)
+        env.cpu_mark = time.thread_time()
         try:
             code = plugin.main.call("plugin_init")
         except errors.ExtensionError as e:
             raise errors.ExtensionError(failure_reason(env.last_error, e.message)) from None
+        finally:
+            env.merge_stats(peak_memory=plugin.main.memory.size())
         if code != 0:
             raise errors.ExtensionError(failure_reason(
                 env.last_error, f"plugin_init of {m.id} returned {code}"))
@@ -340,13 +364,16 @@ class PluginManager:
             with plugin.main_lock:
                 if plugin.main is None:
                     return
-                plugin.main.env.phase = "cleanup"
+                env = plugin.main.env
+                env.phase = "cleanup"
+                env.cpu_mark = time.thread_time()
                 try:
                     code = plugin.main.call("plugin_cleanup")
                     if code != 0:
                         log.warning("plugin_cleanup of %s returned %d", plugin.manifest.id, code)
                 except errors.SdError as e:
                     log.warning("plugin_cleanup of %s failed: %s", plugin.manifest.id, e.message)
+                env.merge_stats()
                 plugin.main = None
         await asyncio.to_thread(call)
         plugin.state = "unloaded"
@@ -384,26 +411,35 @@ class PluginManager:
             raise errors.InvalidParams(f"state_json is not valid JSON: {e}") from None
         env = self._env(plugin, "job")
         env.job_id = ctx.job_id
-        instance = GuestInstance(self.runtime.engine, plugin.module, env,
-                                 self._memory_bytes(plugin.manifest), self.limits)
-        ctx_json = _enc.encode(JobCtxJson(ctx.job_id, ctx.library_id, inp.extension_id,
-                                          ctx.resumed))
+        env.cpu_mark = time.thread_time()
+        outcome = "failed"
+        instance: GuestInstance | None = None
         try:
-            code = instance.run_job(job.export, ctx_json, state)
-        except errors.ExtensionError as e:
-            # A trap: the guest's own reason (e.g. the SDK's panic message) comes first.
-            raise errors.ExtensionError(failure_reason(env.last_error, e.message)) from None
+            instance = GuestInstance(self.runtime.engine, plugin.module, env,
+                                     self._memory_bytes(plugin.manifest), self.limits)
+            ctx_json = _enc.encode(JobCtxJson(ctx.job_id, ctx.library_id, inp.extension_id,
+                                              ctx.resumed))
+            try:
+                code = instance.run_job(job.export, ctx_json, state)
+            except errors.ExtensionError as e:
+                # A trap: the guest's own reason (e.g. the SDK's panic message) comes first.
+                raise errors.ExtensionError(failure_reason(env.last_error, e.message)) from None
+            finally:
+                env.open_files.close()
+            if code == 0:
+                outcome = "completed"
+                return None if ctx.checkpoint_bytes is None else _json.decode(ctx.checkpoint_bytes)
+            if code == 1:
+                if ctx.check_interrupt() is Interrupt.CONTINUE:
+                    raise errors.ExtensionError(
+                        f"job {job.name} of {inp.extension_id} returned 'interrupted' unasked")
+                outcome = "cancelled" if ctx.check_interrupt() is Interrupt.CANCEL else "paused"
+                raise Interrupted()
+            raise errors.ExtensionError(failure_reason(
+                env.last_error, f"job {job.name} of {inp.extension_id} failed with code {code}"))
         finally:
-            env.open_files.close()
-        if code == 0:
-            return None if ctx.checkpoint_bytes is None else _json.decode(ctx.checkpoint_bytes)
-        if code == 1:
-            if ctx.check_interrupt() is Interrupt.CONTINUE:
-                raise errors.ExtensionError(
-                    f"job {job.name} of {inp.extension_id} returned 'interrupted' unasked")
-            raise Interrupted()
-        raise errors.ExtensionError(failure_reason(
-            env.last_error, f"job {job.name} of {inp.extension_id} failed with code {code}"))
+            env.merge_stats(peak_memory=0 if instance is None else instance.memory.size(),
+                            outcome=outcome)
 
     # --- helpers ---------------------------------------------------------------------------------
     def _loaded(self, ext_id: str) -> Plugin:
@@ -418,7 +454,7 @@ class PluginManager:
         caller = Caller(EXTENSION, extension_id=plugin.manifest.id, policy=plugin.policy)
         return HostEnv(plugin.manifest.id, caller, self._dispatch, self._contexts, self.limits,
                        plugin.log_limiter, self._deadline_ticks, plugin.revoked, phase=phase,
-                       read_into=self._read_into)
+                       read_into=self._read_into, stats=self.stats.of(plugin.manifest.id))
 
     def _memory_bytes(self, m: Manifest) -> int:
         return min(m.permissions.max_memory_mb, self.limits.max_memory_mb) * 1024 * 1024

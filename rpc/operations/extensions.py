@@ -9,11 +9,16 @@ import msgspec
 
 from daemon import errors
 from daemon.extensions.manager import ExtensionInfo, PluginManager
+from daemon.extensions.stats import StatsView
 from rpc.registry import CLIENTS_ONLY, OPERATIONS, Empty, OpContext
 
 
 class ExtensionId(msgspec.Struct, forbid_unknown_fields=True):
     id: str
+
+
+class StatsInput(msgspec.Struct, forbid_unknown_fields=True):
+    id: str | None = None  # one extension; None: every extension with figures
 
 
 class Install(msgspec.Struct, forbid_unknown_fields=True):
@@ -45,6 +50,12 @@ async def list_extensions(ctx: OpContext, _: Empty) -> list[ExtensionInfo]:
 def info(ctx: OpContext, inp: ExtensionId) -> ExtensionInfo:
     """One extension: manifest, registered jobs, state."""
     return _pm(ctx).info(inp.id)
+
+
+@OPERATIONS.register("query:extensions.stats.v1", StatsInput, callers=CLIENTS_ONLY)
+def stats(ctx: OpContext, inp: StatsInput) -> list[StatsView]:
+    """What each extension cost: CPU, host time, calls, errors, logs, memory, jobs."""
+    return _pm(ctx).stats_views(inp.id)
 
 
 @OPERATIONS.register("action:extensions.install.input.v1", Install, callers=CLIENTS_ONLY)
