@@ -103,7 +103,10 @@ def ext_storage(ctx: Ctx, ext_id: str, prefix: str, library: str | None) -> None
 @click.argument("ext_id", required=False)
 @pass_ctx
 def ext_stats(ctx: Ctx, ext_id: str | None) -> None:
-    """What extensions cost, since the daemon started and in total (all, or EXT_ID)."""
+    """What extensions cost: since start and in total.
+
+    Every extension that has run, or only EXT_ID.
+    """
     def human(views: list[dict[str, Any]]) -> None:
         if not views:
             click.echo("no extension has run yet")
