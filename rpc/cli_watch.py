@@ -10,6 +10,7 @@ the exit code (``cli_common``).
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -217,6 +218,12 @@ class TerminalView:
         console = Console()
 
         def render() -> Group:
+            # The terminal's own size, read on each redraw: a COLUMNS left in the
+            # environment is stale once the window is resized.
+            try:
+                console.width = os.get_terminal_size(sys.stdout.fileno()).columns
+            except OSError:
+                pass
             out = []
             for before, bar, after in bar_lines(state, time.time(), console.width):
                 line = Text(overflow="fold")

@@ -79,6 +79,13 @@ def tmux80(tmpdir_short: Path) -> Iterator[Tmux]:
     t.close()
 
 
+@pytest.fixture
+def tmux44(tmpdir_short: Path) -> Iterator[Tmux]:
+    t = Tmux(tmpdir_short, 44, 24)
+    yield t
+    t.close()
+
+
 def frame(lines: list[str]) -> tuple[re.Match[str], re.Match[str]] | None:
     """The bar line and the message line under it, if the pane shows them."""
     for i, line in enumerate(lines[:-1]):
@@ -135,10 +142,30 @@ def test_wait_in_a_real_terminal_at_80_columns(ext_daemon: Daemon, tmux80: Tmux)
     assert re.search(r"^job \S+ completed: \{\"current\":60,\"target\":60", text, re.M), text
 
 
+def test_narrow_terminal_puts_the_name_on_its_own_line(ext_daemon: Daemon, tmux44: Tmux) -> None:
+    d = ext_daemon
+    d.sd("library", "create", "Main", check=True)
+    state = json.dumps({"current": 0, "target": 30, "spin": 20_000_000})
+    # A COLUMNS left from a wider window must not win over the terminal's size.
+    tmux44.start(f"env COLUMNS=80 {shlex.quote(str(BIN / 'sd'))} --socket {shlex.quote(str(d.socket))} "
+                 f"job run test-extension counter --state {shlex.quote(state)} --wait")
+
+    def ended() -> list[str] | None:
+        lines = tmux44.steady_capture()
+        return lines if any(line.startswith("EXIT=") for line in lines) else None
+    lines = wait_for(ended, 90, lambda: "\n".join(tmux44.capture()))
+    text = "\n".join(lines)
+    assert "EXIT=0" in text and all(len(line) <= 44 for line in lines)
+    i = lines.index("test-extension:counter")  # the whole name, alone
+    bar = re.match(r"^(━+) +100%  elapsed \d+:\d\d:\d\d  left 0:00:00$", lines[i + 1])
+    assert bar, text
+    assert lines[i + 2] == "  Counted 30/30 (100% complete)  30 items", text
+
+
 def test_piped_wait_prints_plain_lines(daemon: Daemon) -> None:
     lib = daemon.sd_json("library", "create", "L")["id"]
     cmd = [str(BIN / "sd"), "--socket", str(daemon.socket), "job", "dispatch", "test.steps",
-           "--input", json.dumps({"count": 40, "delay": 0.08}), "--wait"]
+           "--input", json.dumps({"count": 60, "delay": 0.08}), "--wait"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     queued = proc.stdout.readline()
@@ -158,7 +185,7 @@ def test_piped_wait_prints_plain_lines(daemon: Daemon) -> None:
     pcts = [int(m["pct"]) for m in matches if m]
     assert pcts == sorted(pcts) and pcts[-1] == 100 and len(pcts) >= 3
     last = matches[-1]
-    assert last and last["step"] == "40" and last["items"] == "40"  # the final state
+    assert last and last["step"] == "60" and last["items"] == "60"  # the final state
     # At most one line a second; only the final state may follow sooner.
     gaps = [b - a for a, b in zip(read_at[:-2], read_at[1:-1], strict=True)]
     assert all(g >= 0.9 for g in gaps[:-1]), gaps
@@ -168,7 +195,7 @@ def test_piped_wait_prints_plain_lines(daemon: Daemon) -> None:
 def test_piped_job_watch_prints_while_the_job_runs(daemon: Daemon) -> None:
     lib = daemon.sd_json("library", "create", "L")["id"]
     job = daemon.sd_json("job", "dispatch", "test.steps", "--input",
-                         json.dumps({"count": 30, "delay": 0.1}))["job_id"]
+                         json.dumps({"count": 50, "delay": 0.1}))["job_id"]
     proc = subprocess.Popen([str(BIN / "sd"), "--socket", str(daemon.socket), "job", "watch",
                              job], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -177,9 +204,9 @@ def test_piped_job_watch_prints_while_the_job_runs(daemon: Daemon) -> None:
     assert daemon.sd_json("job", "info", job, "-l", lib)["status"] in ("queued", "running")
     rest = proc.stdout.read().splitlines()
     assert proc.wait(30) == 0
-    assert rest[-1] == f"job {job} completed: " + '{"done":30,"started_at":0}'
+    assert rest[-1] == f"job {job} completed: " + '{"done":50,"started_at":0}'
     last = PLAIN.match(rest[-2])
-    assert last and last["pct"] == "100" and last["step"] == "30"
+    assert last and last["pct"] == "100" and last["step"] == "50"
 
 
 def test_json_wait_and_watch_print_json_lines(daemon: Daemon) -> None:
