@@ -25,7 +25,7 @@ ROW_KEYS = (
 SCHEMA_VERSION = 1
 # What a row measures, for rows that could not produce their own (a crash).
 LABELS = {
-    "guest_call": "ping via spacedrive_call from a guest",
+    "guest_call": "ping via spacedrive_call from a guest wasm_job",
     "socket_sequential": "ping over the socket, 1 client",
     "socket_concurrent": "ping over the socket, 16 clients",
     "dispatch_cost": "JSON-RPC dispatch cost per call",

@@ -75,6 +75,52 @@ def spacedrive_call_loop() -> str:
 """
 
 
+def spacedrive_call_job() -> str:
+    """An ABI v1 extension registering job ``ping_loop``: it reads n (decimal digits, the
+    job's state JSON) and calls ``spacedrive_call`` ping n times, as ``bench_loop`` does.
+
+    Returns 0 when every reply was good, else 2 (the job fails and the bench says so).
+    """
+    name, export = b"ping_loop", b"execute_ping_loop"
+    return f"""(module
+  (import "spacedrive" "spacedrive_call" (func $call (param i32 i32 i32 i32 i32) (result i32)))
+  (import "spacedrive" "register_job" (func $register (param i32 i32 i32 i32 i32) (result i32)))
+  {ABI_PRELUDE}
+  (data (i32.const {_METHOD_AT}) "{_bytes(PING.encode())}")
+  (data (i32.const {_PAYLOAD_AT}) "{_bytes(PING_PAYLOAD)}")
+  (data (i32.const 256) "{_bytes(name)}")
+  (data (i32.const 288) "{_bytes(export)}")
+  (func (export "plugin_init") (result i32)
+    (call $register (i32.const 256) (i32.const {len(name)}) (i32.const 288)
+                    (i32.const {len(export)}) (i32.const 0)))
+  (func (export "execute_ping_loop") (param $cp i32) (param $cl i32) (param $sp i32)
+        (param $sl i32) (result i32)
+    (local $n i32) (local $i i32) (local $r i32) (local $bad i32) (local $c i32)
+    (block $parsed (loop $digit
+      (br_if $parsed (i32.ge_u (local.get $i) (local.get $sl)))
+      (local.set $c (i32.sub (i32.load8_u (i32.add (local.get $sp) (local.get $i)))
+                             (i32.const 48)))
+      (br_if $parsed (i32.gt_u (local.get $c) (i32.const 9)))
+      (local.set $n (i32.add (i32.mul (local.get $n) (i32.const 10)) (local.get $c)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $digit)))
+    (local.set $i (i32.const 0))
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+      (local.set $r (call $call (i32.const {_METHOD_AT}) (i32.const {len(PING)}) (i32.const 0)
+                               (i32.const {_PAYLOAD_AT}) (i32.const {len(PING_PAYLOAD)})))
+      (if (i32.eqz (local.get $r))
+        (then (local.set $bad (i32.add (local.get $bad) (i32.const 1))))
+        (else
+          (if (i32.ne (i32.load8_u offset=6 (local.get $r)) (i32.const 0x6f))
+            (then (local.set $bad (i32.add (local.get $bad) (i32.const 1)))))
+          (call $free (local.get $r) (i32.add (i32.const 4) (i32.load (local.get $r))))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $next)))
+    (if (result i32) (local.get $bad) (then (i32.const 2)) (else (i32.const 0)))))
+"""
+
+
 def bare_read_loop() -> str:
     """A guest calling import ``bench.read(ptr, len) -> i32`` on the ping payload n times."""
     return f"""(module

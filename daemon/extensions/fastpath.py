@@ -200,8 +200,13 @@ def _result_writer(kinds: tuple[str, ...]) -> ResultWriter:
     if kind == _I32 or kind == _I64:
         bits = 32 if kind == _I32 else 64
 
+        top = 1 << (bits - 1)
+
         def write_int(view: ctypes.Array[c_char], value: object) -> None:
-            _U64_SLOT.pack_into(view, 0, _int_bits(value, bits, kind))
+            if type(value) is int and 0 <= value < top:  # the usual case, checked inline
+                _U64_SLOT.pack_into(view, 0, value)
+            else:
+                _U64_SLOT.pack_into(view, 0, _int_bits(value, bits, kind))
 
         return write_int
     slot = _F32_SLOT if kind == _F32 else _F64_SLOT
@@ -390,7 +395,15 @@ class HostCall(_BoundedMemory):
     def _context(self) -> int:
         ctx = self._ctx
         if ctx is None:
-            ctx = self._ctx = _caller_context(self._live_caller())
+            host = self._host
+            if host is not None and host.ctx:
+                # One instance per store: every caller's context is the store's own
+                # (a pointer to the store's inner state, stable for its life).
+                ctx = self._ctx = host.ctx
+            else:
+                ctx = self._ctx = _caller_context(self._live_caller())
+                if host is not None and host.cache_memory:
+                    host.ctx = ctx
         return ctx
 
     def _memory(self) -> int:
@@ -418,11 +431,28 @@ class HostCall(_BoundedMemory):
         if size < 0:
             mem = self._memory()
             ctx = self._context()
-            size = self._size = _memory_data_size(ctx, mem)
             self._base = _memory_data(ctx, mem) or 0
+            host = self._host
+            # A linear memory never shrinks, so a size seen earlier is a lower bound:
+            # only a range beyond it needs the current size.
+            size = host.size_seen if host is not None and host.cache_memory else 0
+            if size <= 0:
+                size = self._fresh_size()
+            self._size = size
         if ptr < 0 or length < 0 or ptr + length > size:
-            raise GuestCallError(f"out of bounds: ptr={ptr} len={length} memory={size}")
+            size = self._fresh_size()
+            if ptr < 0 or length < 0 or ptr + length > size:
+                raise GuestCallError(f"out of bounds: ptr={ptr} len={length} memory={size}")
         return self._base
+
+    def _fresh_size(self) -> int:
+        """The memory's current size (also remembered as the new lower bound)."""
+        size: int = _memory_data_size(self._context(), self._memory())
+        self._size = size
+        host = self._host
+        if host is not None and host.cache_memory:
+            host.size_seen = size
+        return size
 
     @property
     def memory_size(self) -> int:
@@ -453,11 +483,13 @@ class HostCall(_BoundedMemory):
 class _Host:
     """Registry entry for one host function created by define_unchecked."""
 
-    __slots__ = ("args", "cache_memory", "fn", "mem", "mem_extern", "nparams", "store_id",
-                 "view_type", "write_result")
+    __slots__ = ("args", "cache_memory", "ctx", "fn", "mem", "mem_extern", "nparams",
+                 "size_seen", "store_id", "view_type", "write_result")
 
     def __init__(self, fn: HostFn, sig: _Sig, cache_memory: bool = False) -> None:
         self.cache_memory = cache_memory
+        self.ctx = 0  # the store's context, once seen (single-instance stores only)
+        self.size_seen = 0  # the memory's size when last asked (it never shrinks)
         self.mem_extern: ffi.wasmtime_extern_t | None = None
         self.mem = 0
         self.fn = fn

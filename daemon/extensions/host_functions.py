@@ -142,6 +142,19 @@ def _text(hc: HostCall, ptr: int, length: int, limit: int, what: str) -> str:
         raise GuestCallError(f"{what} is not valid UTF-8: {e}") from None
 
 
+_LIBRARY_IDS: dict[bytes, str] = {}
+
+
+def _library_id(raw: bytes) -> str:
+    """The text form of a 16-byte library UUID (remembered: guests send the same few)."""
+    text = _LIBRARY_IDS.get(raw)
+    if text is None:
+        text = str(uuid.UUID(bytes=raw))
+        if len(_LIBRARY_IDS) < 1024:
+            _LIBRARY_IDS[raw] = text
+    return text
+
+
 def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any, ...]], Any]]:
     """The Python side of every ABI import, closed over one instance's env."""
     limits = env.limits
@@ -183,7 +196,7 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
             tally.seq = seq + 1
             if not seq & TIME_MASK:
                 t0 = perf_counter()
-        library_id = None if lib_ptr == 0 else str(uuid.UUID(bytes=hc.read(lib_ptr, 16)))
+        library_id = None if lib_ptr == 0 else _library_id(hc.read(lib_ptr, 16))
         if payload_len < 0:
             raise GuestCallError(f"negative payload length {payload_len}")
         if payload_len > limits.max_payload_bytes:

@@ -32,17 +32,11 @@ class ExtensionPolicy:
         self._tokens = self.burst
         self._last = time.monotonic()
         self._lock = threading.Lock()
+        self._granted: set[str] = set()  # operation names already found granted
 
     def check(self, op: OperationSpec, library_id: str | None) -> None:
-        if not self.prefixes or not op.name.startswith(self.prefixes):
-            raise errors.PermissionDenied(
-                f"extension {self.extension_id} has no permission to call {op.name}",
-                {"method": op.name, "granted": list(self.prefixes)})
-        if op.explicit_grant and op.name not in self.prefixes:
-            raise errors.PermissionDenied(
-                f"extension {self.extension_id} has no permission to call {op.name}: it needs "
-                f"an explicit grant (its exact name in permissions.methods), not a prefix",
-                {"method": op.name, "granted": list(self.prefixes)})
+        if op.name not in self._granted:
+            self._check_grant(op)
         if library_id is not None and self.libraries is not None and library_id not in self.libraries:
             raise errors.PermissionDenied(
                 f"extension {self.extension_id} has no access to library {library_id}")
@@ -54,6 +48,19 @@ class ExtensionPolicy:
                 raise errors.RateLimited(
                     f"extension {self.extension_id} exceeded {self.rate * 60:.0f} requests per minute")
             self._tokens -= 1.0
+
+    def _check_grant(self, op: OperationSpec) -> None:
+        """Refuse an operation the manifest does not grant; remember one it does."""
+        if not self.prefixes or not op.name.startswith(self.prefixes):
+            raise errors.PermissionDenied(
+                f"extension {self.extension_id} has no permission to call {op.name}",
+                {"method": op.name, "granted": list(self.prefixes)})
+        if op.explicit_grant and op.name not in self.prefixes:
+            raise errors.PermissionDenied(
+                f"extension {self.extension_id} has no permission to call {op.name}: it needs "
+                f"an explicit grant (its exact name in permissions.methods), not a prefix",
+                {"method": op.name, "granted": list(self.prefixes)})
+        self._granted.add(op.name)
 
     def allows_library(self, library_id: str) -> bool:
         return self.libraries is None or library_id in self.libraries
