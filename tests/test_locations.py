@@ -504,3 +504,40 @@ def test_random_trees_index_exactly(tmp_path: Path) -> None:
         finally:
             await c.shutdown()
     asyncio.run(go())
+
+
+async def test_rescan_repairs_rows_changed_behind_its_back(
+        core: Core, lib: Library, tmp_path: Path) -> None:
+    """A rescan skips a directory listed exactly as last applied (its listing hash), so any
+    other write to a child row must drop that hash: here rows deleted, edited and added
+    directly in the database are all put right by the next rescan (issue 15)."""
+    tree = make_tree(tmp_path / "tree", locked=False)
+    write(tree / "deep" / "a" / "b" / "c.txt", b"c")
+    loc, _ = await index(core, lib, tree)
+    dirs = {p for p, (kind, _) in expected_index(tree).items() if kind == "dir"} | {""}
+
+    def listings(c: Any) -> set[str]:
+        return {p for (p,) in c.execute("SELECT path FROM dir_listings WHERE location_id = ?",
+                                        (loc,))}
+    assert await lib.db.run(listings) == dirs  # readable directories all have a hash
+
+    def tamper(c: Any) -> None:
+        c.execute("DELETE FROM entries WHERE location_id = ? AND path = 'notes/a.md'", (loc,))
+        c.execute("UPDATE entries SET size = size + 1 WHERE location_id = ? "
+                  "AND path = 'deep/a/b/c.txt'", (loc,))
+        c.execute("INSERT INTO entries (location_id, path, parent, name, extension, kind, size, "
+                  "mtime_ns, dev, inode) VALUES (?, 'docs/ghost.txt', 'docs', 'ghost.txt', "
+                  "'txt', 'file', 1, 0, 0, 0)", (loc,))
+        c.execute("UPDATE entries SET cas_id = 'abc' WHERE location_id = ? AND path = 'music'",
+                  (loc,))
+    await lib.db.run(tamper)
+    # Each tampered row dropped its own directory's hash, and no other (cas_id is not listed).
+    assert dirs - await lib.db.run(listings) == {"notes", "deep/a/b", "docs"}
+    out = await rescan(core, lib, loc)
+    assert shape(await by_path(core, lib)) == expected_index(tree)
+    assert (out["inserted"], out["updated"], out["removed"]) == (1, 1, 1)
+    # Deleting the ghost after the walk dropped the hash of its directory once more.
+    assert dirs - await lib.db.run(listings) == {"docs"}
+    again = await rescan(core, lib, loc)
+    assert (again["inserted"], again["updated"], again["moved"], again["removed"]) == (0, 0, 0, 0)
+    assert await lib.db.run(listings) == dirs

@@ -119,4 +119,27 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (dev, inode)
     ) WITHOUT ROWID
     """,
+    # 5: an index for each entries.list filter in each page order, so that a keyset page
+    # costs the same at any depth of a library of any size (daemon/locations/store.py,
+    # entries_sql). The rare kinds (not 'file') get partial indexes: nearly free to keep.
+    # dir_listings: the hash of each directory's listing as the indexer last applied it,
+    # so a rescan skips directories listed the same again; any change to a child row,
+    # by any code, drops its directory's hash (the triggers; one statement per line:
+    # the migration runner splits on ";" + newline).
+    """
+    DROP INDEX entries_by_kind;
+    CREATE INDEX entries_by_location ON entries (location_id);
+    CREATE INDEX entries_by_extension_size ON entries (extension, size);
+    CREATE INDEX entries_rare_kind ON entries (kind) WHERE kind != 'file';
+    CREATE INDEX entries_rare_kind_size ON entries (kind, size) WHERE kind != 'file';
+    CREATE TABLE dir_listings (
+        location_id INTEGER NOT NULL REFERENCES locations (id) ON DELETE CASCADE,
+        path TEXT NOT NULL,
+        hash BLOB NOT NULL,
+        PRIMARY KEY (location_id, path)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER entries_insert_drops_listing AFTER INSERT ON entries BEGIN DELETE FROM dir_listings WHERE location_id = NEW.location_id AND path = NEW.parent; END;
+    CREATE TRIGGER entries_delete_drops_listing AFTER DELETE ON entries BEGIN DELETE FROM dir_listings WHERE location_id = OLD.location_id AND path = OLD.parent; END;
+    CREATE TRIGGER entries_update_drops_listing AFTER UPDATE OF location_id, path, parent, name, kind, size, mtime_ns, dev, inode, missing ON entries BEGIN DELETE FROM dir_listings WHERE location_id = OLD.location_id AND path = OLD.parent; DELETE FROM dir_listings WHERE location_id = NEW.location_id AND path = NEW.parent; END
+    """,
 ]

@@ -29,21 +29,25 @@ import enum
 import errno
 import os
 import sqlite3
-import stat
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
+import blake3
 import msgspec
 
 from daemon import errors
 from daemon.jobs.context import Interrupt, Interrupted, JobContext
 from daemon.libraries.db import transaction
 from daemon.locations import content, store
-from daemon.locations.fs import extension_of, join
+from daemon.locations.fs import join
 
 FLUSH_EVERY_S = 1.0
+_S_IFMT, _S_IFREG, _S_IFDIR, _S_IFLNK = 0o170000, 0o100000, 0o040000, 0o120000
+# An index job that inserted, moved or removed this many entries refreshes the planner's
+# statistics (ANALYZE with a sampling limit: milliseconds).
+ANALYZE_AFTER_CHANGES = 1000
 _GONE_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 T = TypeVar("T")
 
@@ -64,13 +68,16 @@ class IndexInput(msgspec.Struct, forbid_unknown_fields=True):
             raise errors.InvalidParams("throttle_ms must be between 0 and 10000")
 
 
-class Child(NamedTuple):
-    name: str
-    kind: str
-    size: int
-    mtime_ns: int
-    dev: int
-    inode: int
+# A directory entry as listed: (name, kind, size, mtime_ns, dev, inode, extension).
+# A plain tuple (a NamedTuple costs several times more to make, once per entry).
+Child = tuple[str, str, int, int, int, int, str]
+NAME: Final = 0
+KIND: Final = 1
+SIZE: Final = 2
+MTIME: Final = 3
+DEV: Final = 4
+INODE: Final = 5
+EXT: Final = 6
 
 
 class Gone(enum.Enum):
@@ -82,6 +89,16 @@ class Gone(enum.Enum):
 # A directory's listing; None = unreadable (keep what is stored), GONE = no longer there.
 Listing = list[Child] | None | Gone
 GONE = Gone.GONE
+# One directory of a batch: (path, listing, hash of the listing or None, unchanged: the
+# listing is the one last applied, so there is nothing to write).
+Listed = tuple[str, Listing, bytes | None, bool]
+_pack = msgspec.msgpack.Encoder().encode
+_json = msgspec.json.Encoder().encode
+
+
+def listing_hash(listing: list[Child]) -> bytes:
+    """16 bytes of BLAKE3 over a listing (names, kinds, sizes, mtimes, devices, inodes)."""
+    return blake3.blake3(_pack(listing)).digest()[:16]
 
 
 class Counts(msgspec.Struct):
@@ -116,6 +133,8 @@ def index_job(ctx: JobContext, inp: IndexInput) -> dict[str, Any]:
     if state["phase"] == "sweep":
         counts.removed += _guard(ctx, lambda: db.run_sync(
             lambda c: finish_scan(c, inp.location_id)))
+        if counts.inserted + counts.removed + counts.moved >= ANALYZE_AFTER_CHANGES:
+            db.run_sync(store.refresh_statistics)
         state.update(phase="identify" if inp.identify else "done", stack=[],
                      counts=msgspec.to_builtins(counts))
         ctx.report_progress(1.0 if not inp.identify else 0.5, f"indexed {counts.seen} entries")
@@ -150,17 +169,29 @@ class Walker:
         # Inode matching costs a lookup per new entry: skip it on a location's first walk.
         self.moves = bool(state["moves"]) or ctx.resumed
         self.progress = 0.0
-        self.inflight: tuple[Future[Applied], list[str], list[tuple[str, Listing]]] | None = None
+        self.inflight: tuple[Future[Applied], list[str], list[Listed]] | None = None
+        # The hash of each directory's listing as last applied: a directory listed the
+        # same again is not diffed at all (the database drops a hash whenever a child
+        # row changes, whoever changes it: see migration 5's triggers).
+        loc = inp.location_id
+        self.known: dict[str, bytes] = dict(ctx.db.run_sync(lambda c: c.execute(
+            "SELECT path, hash FROM dir_listings WHERE location_id = ?", (loc,)).fetchall()))
 
     def run(self) -> None:
-        batch: list[tuple[str, Listing]] = []
+        batch: list[Listed] = []
         pending = 0
         last = time.monotonic()
+        known = self.known
         while self.stack:
             rel = self.stack.pop()
             listing = self.list_dir(rel)
-            batch.append((rel, listing))
-            pending += 1 + (len(listing) if isinstance(listing, list) else 0)
+            if isinstance(listing, list):
+                digest = listing_hash(listing)
+                batch.append((rel, listing, digest, known.get(rel) == digest))
+                pending += 1 + len(listing)
+            else:
+                batch.append((rel, listing, None, False))
+                pending += 1
             if pending >= self.inp.batch_size or time.monotonic() - last >= FLUSH_EVERY_S:
                 self.flush(batch)
                 batch, pending, last = [], 0, time.monotonic()
@@ -168,7 +199,7 @@ class Walker:
             self.flush(batch)
         self.settle()
 
-    def flush(self, batch: list[tuple[str, Listing]]) -> None:
+    def flush(self, batch: list[Listed]) -> None:
         """Hand a batch to the database thread; the walk goes on while it is written."""
         self.settle()
         db = self.ctx.db
@@ -184,7 +215,7 @@ class Walker:
         self.inflight = None
         res = _guard(self.ctx, fut.result)
         c = self.counts
-        seen = sum(len(listing) for _, listing in batch if isinstance(listing, list))
+        seen = sum(len(listing) for _, listing, _, _ in batch if isinstance(listing, list))
         c.seen += seen
         c.dirs += len(batch)
         c.inserted += res.inserted
@@ -218,6 +249,7 @@ class Walker:
             self.ctx.add_warning(f"cannot read directory {rel}: {e.strerror}")
             return None
         children: list[Child] = []
+        add = children.append
         failed = 0
         try:
             with os.scandir(fd) as it:
@@ -234,18 +266,21 @@ class Walker:
                     except OSError:
                         failed += 1
                         continue
-                    mode = st.st_mode
-                    if stat.S_ISREG(mode):
-                        kind, size = "file", st.st_size
-                    elif stat.S_ISDIR(mode):
+                    fmt = st.st_mode & _S_IFMT
+                    if fmt == _S_IFREG:
+                        dot = name.rfind(".")
+                        add((name, "file", st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino,
+                             name[dot + 1:].lower() if dot > 0 else ""))
+                        continue
+                    if fmt == _S_IFDIR:
                         kind, size = "dir", 0
                         self.stack.append(join(rel, name))
-                    elif stat.S_ISLNK(mode):
+                    elif fmt == _S_IFLNK:
                         kind, size = "symlink", st.st_size
                         self.check_link(rel, name)
                     else:
                         kind, size = "other", st.st_size
-                    children.append(Child(name, kind, size, st.st_mtime_ns, st.st_dev, st.st_ino))
+                    add((name, kind, size, st.st_mtime_ns, st.st_dev, st.st_ino, ""))
         except OSError as e:
             self.ctx.add_warning(f"cannot read directory {rel or '.'}: {e.strerror}")
             return None
@@ -292,16 +327,23 @@ class Applied(NamedTuple):
 
 _INSERT = ("INSERT INTO entries (location_id, path, parent, name, extension, kind, size, "
            "mtime_ns, dev, inode) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+# The same for a whole listing at once, from its JSON: one statement, during which SQLite
+# works without the GIL while the walk lists the next directories.
+_INSERT_JSON = (
+    "INSERT INTO entries (location_id, path, parent, name, extension, kind, size, mtime_ns, "
+    "dev, inode) SELECT ?1, CASE WHEN ?2 = '' THEN v->>0 ELSE ?2 || '/' || (v->>0) END, ?2, "
+    "v->>0, v->>6, v->>1, v->>2, v->>3, v->>4, v->>5 FROM (SELECT value AS v FROM json_each(?3))")
+_I64 = 1 << 63
 
 
 def apply_batch(conn: sqlite3.Connection, location_id: int, root: str,
-                batch: list[tuple[str, Listing]], detect_moves: bool) -> Applied:
+                batch: list[Listed], detect_moves: bool) -> Applied:
     """Apply directory listings in one transaction, directory by directory (in walk order)."""
     store.require_location(conn, location_id)
     inserted = updated = moved = 0
     with transaction(conn):
-        for parent, listing in batch:
-            if listing is None:
+        for parent, listing, digest, unchanged in batch:
+            if listing is None or unchanged:
                 continue
             if listing is GONE:
                 if parent:
@@ -311,46 +353,59 @@ def apply_batch(conn: sqlite3.Connection, location_id: int, root: str,
             existing = {r[0]: r[1:] for r in conn.execute(
                 "SELECT name, id, kind, size, mtime_ns, dev, inode, missing FROM entries "
                 "WHERE location_id = ? AND parent = ?", (location_id, parent))}
-            new: list[Child] = []
-            changed, found = [], []
-            for ch in listing:
-                row = existing.pop(ch.name, None)
-                if row is None:
-                    new.append(ch)
-                elif row[1:6] != (ch.kind, ch.size, ch.mtime_ns, ch.dev, ch.inode):
-                    changed.append((ch.kind, extension_of(ch.name) if ch.kind == "file" else "",
-                                    ch.size, ch.mtime_ns, ch.dev, ch.inode, row[0]))
-                    if row[1] == "dir" and ch.kind != "dir":
-                        _delete_subtree(conn, location_id, join(parent, ch.name))
-                elif row[6]:
-                    found.append((row[0],))
-            gone = [(r[0],) for r in existing.values() if not r[6]]
-            if changed:
-                conn.executemany(
-                    "UPDATE entries SET kind = ?, extension = ?, size = ?, mtime_ns = ?, dev = ?, "
-                    "inode = ?, cas_id = NULL, missing = 0 WHERE id = ?", changed)
-            if found:
-                conn.executemany("UPDATE entries SET missing = 0 WHERE id = ?", found)
-            if gone:
-                conn.executemany("UPDATE entries SET missing = 1 WHERE id = ?", gone)
+            new: list[Child]
+            if existing:
+                new = []
+                changed, found = [], []
+                for ch in listing:
+                    row = existing.pop(ch[NAME], None)
+                    if row is None:
+                        new.append(ch)
+                    elif row[1:6] != ch[KIND:EXT]:
+                        changed.append((ch[KIND], ch[EXT], ch[SIZE], ch[MTIME], ch[DEV],
+                                        ch[INODE], row[0]))
+                        if row[1] == "dir" and ch[KIND] != "dir":
+                            _delete_subtree(conn, location_id, join(parent, ch[NAME]))
+                    elif row[6]:
+                        found.append((row[0],))
+                gone = [(r[0],) for r in existing.values() if not r[6]]
+                if changed:
+                    conn.executemany(
+                        "UPDATE entries SET kind = ?, extension = ?, size = ?, mtime_ns = ?, "
+                        "dev = ?, inode = ?, cas_id = NULL, missing = 0 WHERE id = ?", changed)
+                if found:
+                    conn.executemany("UPDATE entries SET missing = 0 WHERE id = ?", found)
+                if gone:
+                    conn.executemany("UPDATE entries SET missing = 1 WHERE id = ?", gone)
+                updated += len(changed)
+            else:
+                new = listing
             if new and detect_moves:
                 new, n = _moves(conn, location_id, root, parent, new)
                 moved += n
             if new:
-                conn.executemany(_INSERT, [
-                    (location_id, join(parent, ch.name), parent, ch.name,
-                     extension_of(ch.name) if ch.kind == "file" else "", ch.kind, ch.size,
-                     ch.mtime_ns, ch.dev, ch.inode) for ch in new])
-            inserted += len(new)
-            updated += len(changed)
+                _insert(conn, location_id, parent, new)
+                inserted += len(new)
+            # Written last: every write above to a child row dropped the old hash.
+            conn.execute("INSERT OR REPLACE INTO dir_listings (location_id, path, hash) "
+                         "VALUES (?, ?, ?)", (location_id, parent, digest))
     return Applied(inserted, updated, moved)
+
+
+def _insert(conn: sqlite3.Connection, location_id: int, parent: str, new: list[Child]) -> None:
+    if all(ch[INODE] < _I64 and ch[DEV] < _I64 for ch in new):
+        conn.execute(_INSERT_JSON, (location_id, parent, _json(new)))
+    else:  # JSON would turn these into floats; binding them fails clearly instead
+        conn.executemany(_INSERT, [
+            (location_id, join(parent, ch[NAME]), parent, ch[NAME], ch[EXT], ch[KIND], ch[SIZE],
+             ch[MTIME], ch[DEV], ch[INODE]) for ch in new])
 
 
 def _moves(conn: sqlite3.Connection, location_id: int, root: str, parent: str,
            new: list[Child]) -> tuple[list[Child], int]:
     """Move stored entries whose inode reappears at a new path; returns the truly new ones."""
     candidates: dict[tuple[int, int], list[tuple[Any, ...]]] = {}
-    inodes = sorted({ch.inode for ch in new})
+    inodes = sorted({ch[INODE] for ch in new})
     for i in range(0, len(inodes), 500):
         chunk = inodes[i:i + 500]
         for r in conn.execute(
@@ -360,12 +415,12 @@ def _moves(conn: sqlite3.Connection, location_id: int, root: str, parent: str,
             candidates.setdefault((r[5], r[6]), []).append(r)
     rest, moved = [], 0
     for ch in new:
-        row = next((r for r in candidates.get((ch.dev, ch.inode), ())
+        row = next((r for r in candidates.get((ch[DEV], ch[INODE]), ())
                     if _same_object(r, ch) and _gone_from(root, r)), None)
         if row is None:
             rest.append(ch)
             continue
-        candidates[(ch.dev, ch.inode)].remove(row)
+        candidates[(ch[DEV], ch[INODE])].remove(row)
         _move(conn, location_id, row, parent, ch)
         moved += 1
     return rest, moved
@@ -374,7 +429,7 @@ def _moves(conn: sqlite3.Connection, location_id: int, root: str, parent: str,
 def _same_object(r: tuple[Any, ...], ch: Child) -> bool:
     # A rename keeps kind, size and mtime (a directory's too); requiring them guards
     # against a deleted entry's inode being reused by a new one.
-    return (r[2], r[3], r[4]) == (ch.kind, ch.size, ch.mtime_ns)
+    return (r[2], r[3], r[4]) == (ch[KIND], ch[SIZE], ch[MTIME])
 
 
 def _gone_from(root: str, r: tuple[Any, ...]) -> bool:
@@ -389,13 +444,12 @@ def _gone_from(root: str, r: tuple[Any, ...]) -> bool:
 
 def _move(conn: sqlite3.Connection, location_id: int, row: tuple[Any, ...], parent: str,
           ch: Child) -> None:
-    old, new = row[1], join(parent, ch.name)
+    old, new = row[1], join(parent, ch[NAME])
     conn.execute(
         "UPDATE entries SET path = ?, parent = ?, name = ?, extension = ?, size = ?, mtime_ns = ?, "
         "missing = 0 WHERE id = ?",
-        (new, parent, ch.name, extension_of(ch.name) if ch.kind == "file" else "", ch.size,
-         ch.mtime_ns, row[0]))
-    if ch.kind == "dir":
+        (new, parent, ch[NAME], ch[EXT], ch[SIZE], ch[MTIME], row[0]))
+    if ch[KIND] == "dir":
         # The subtree follows (see _delete_subtree for the range).
         n = len(old) + 1
         conn.execute(

@@ -170,60 +170,131 @@ def resolve_tag(conn: sqlite3.Connection, tag: int | str) -> int:
     return int(r[0])
 
 
+# Keyset pages are served by an index in the page's order wherever one filter names it
+# (migration 5); otherwise the rows matching the driving filter are sorted, which is
+# bounded by that filter's selectivity (a tag, a cas_id, a directory). Indexes are
+# named (INDEXED BY) rather than left to the planner, so a page costs the same on a
+# library of any size whether or not ANALYZE has run; tests check the plans.
+_ORDERED_BY_ID = {  # driving filter -> index whose entries follow id within one key
+    "cas_id": "entries_by_cas_id",
+    "parent": "entries_by_parent",
+    "extension": "entries_by_extension",
+    "kind": "entries_rare_kind",
+    "location_id": "entries_by_location",
+}
+_ORDERED_BY_SIZE = {  # driving filter -> index in (size, id) order within one key
+    "extension": "entries_by_extension_size",
+    "kind": "entries_rare_kind_size",
+    "location_id": "entries_by_size",
+}
+# min_size with order=id: sort the matching ids when at most this many match, else
+# walk the primary key (then at least this many of the library's rows match).
+MIN_SIZE_SORT_LIMIT = 20_000
+
+
+def entries_sql(conn: sqlite3.Connection, q: EntryQuery) -> tuple[str, list[Any]]:
+    """The SQL (and arguments) selecting the ids of one page, ``limit + 1`` of them.
+
+    Without a filter that has an index of its own in size order, a size page is the
+    merge of each location's (location_id, size) range: no library-wide size index to
+    keep up on every insert.
+    """
+    if not 1 <= q.limit <= MAX_PAGE:
+        raise errors.InvalidParams(f"limit must be between 1 and {MAX_PAGE}")
+    if q.parent is not None and q.location_id is None:
+        raise errors.InvalidParams("the parent filter needs location_id")
+    key = _parse_cursor(q.cursor, q.order) if q.cursor is not None else None
+    rare_kind = q.kind is not None and q.kind != "file"
+    given = {"cas_id": q.cas_id, "parent": q.parent, "extension": q.extension,
+             "kind": q.kind if rare_kind else None, "location_id": q.location_id}
+    # The most selective filter that has an index drives the page.
+    driver = next((f for f in ("cas_id", "parent", "extension", "kind", "location_id")
+                   if given[f] is not None), None)
+    if q.tag is not None:
+        # entry_tags (tag_id, entry_id) walks one tag's entries in id order.
+        head = "SELECT e.id FROM entry_tags t CROSS JOIN entries e ON e.id = t.entry_id"
+        where, args = _filters(q, key, "t.entry_id")
+        return _page(head, ["t.tag_id = ?", *where], [resolve_tag(conn, q.tag), *args], q,
+                     "t.entry_id")
+    where, args = _filters(q, key, "e.id")
+    if q.order == "id":
+        index = _ORDERED_BY_ID.get(driver) if driver else None
+        if index is None and q.min_size is not None and _few_at_least(conn, q.min_size):
+            # Few match: sort their ids, found in each location's size range.
+            return _page("SELECT e.id FROM entries e INDEXED BY entries_by_size",
+                         ["e.location_id IN (SELECT id FROM locations)", *where], args, q, "e.id")
+        return _page("SELECT e.id FROM entries e "
+                     + (f"INDEXED BY {index}" if index else "NOT INDEXED"), where, args, q, "e.id")
+    if driver is not None:
+        index = _ORDERED_BY_SIZE.get(driver) or _ORDERED_BY_ID[driver]  # else: sort the few
+        return _page(f"SELECT e.id FROM entries e INDEXED BY {index}", where, args, q, "e.id")
+    head = "SELECT e.id, e.size FROM entries e INDEXED BY entries_by_size"
+    arms = [_page(head, ["e.location_id = ?", *where], [loc, *args], q, "e.id")
+            for (loc,) in conn.execute("SELECT id FROM locations ORDER BY id")]
+    if not arms:
+        return "SELECT NULL WHERE 0", []
+    if len(arms) == 1:
+        return arms[0]
+    return (" UNION ALL ".join(f"SELECT * FROM ({sql})" for sql, _ in arms)
+            + " ORDER BY 2, 1 LIMIT ?", [a for _, arm_args in arms for a in arm_args]
+            + [q.limit + 1])
+
+
+def _filters(q: EntryQuery, key: tuple[int, ...] | None, id_col: str
+             ) -> tuple[list[str], list[Any]]:
+    """WHERE terms and their arguments for every filter and the cursor, but the tag."""
+    where: list[str] = ["e.missing = 0"]
+    args: list[Any] = []
+    for column in ("location_id", "parent", "cas_id"):
+        value = getattr(q, column)
+        if value is not None:
+            where.append(f"e.{column} = ?")
+            args.append(value)
+    if q.kind is not None:
+        # The literal lets SQLite use the partial indexes of the rare kinds.
+        where.append(f"e.kind = '{q.kind}'" + (" AND e.kind != 'file'" if q.kind != "file" else ""))
+    if q.extension is not None:
+        where.append("e.extension = ?")
+        args.append(q.extension.lstrip(".").lower())
+    if q.min_size is not None:
+        # With a size cursor, the cursor (not min_size) must start the index range.
+        where.append("+e.size >= ?" if key is not None and q.order == "size" else "e.size >= ?")
+        args.append(q.min_size)
+    if key is not None:
+        where.append(f"{id_col} > ?" if q.order == "id" else f"(e.size, {id_col}) > (?, ?)")
+        args.extend(key)
+    return where, args
+
+
+def _page(head: str, where: list[str], args: list[Any], q: EntryQuery,
+          id_col: str) -> tuple[str, list[Any]]:
+    order = f" ORDER BY {id_col}" if q.order == "id" else f" ORDER BY e.size, {id_col}"
+    return head + " WHERE " + " AND ".join(where) + order + " LIMIT ?", [*args, q.limit + 1]
+
+
+def _few_at_least(conn: sqlite3.Connection, min_size: int) -> bool:
+    """Whether at most MIN_SIZE_SORT_LIMIT entries have ``size >= min_size`` (index-only)."""
+    n = conn.execute("SELECT count(*) FROM (SELECT 1 FROM entries INDEXED BY entries_by_size "
+                     "WHERE location_id IN (SELECT id FROM locations) AND size >= ? LIMIT ?)",
+                     (min_size, MIN_SIZE_SORT_LIMIT + 1)).fetchone()[0]
+    return int(n) <= MIN_SIZE_SORT_LIMIT
+
+
 def list_entries(conn: sqlite3.Connection, q: EntryQuery) -> EntryPage:
     """One page in keyset order (``id``, or ``size`` then ``id``); ``next_cursor`` continues it."""
     sql, args = entries_sql(conn, q)
-    rows = [_entry(r) for r in conn.execute(sql, args)]
-    more = len(rows) > q.limit
-    rows = rows[:q.limit]
+    ids = [r[0] for r in conn.execute(sql, args)]
+    more = len(ids) > q.limit
+    ids = ids[:q.limit]
+    by_id = {r[0]: _entry(r) for r in conn.execute(
+        f"SELECT {_ENTRY_COLS} FROM entries e WHERE e.id IN ({', '.join('?' * len(ids))})",
+        ids)} if ids else {}
+    rows = [by_id[i] for i in ids]
     cursor = None
     if more:
         last = rows[-1]
         cursor = f"id:{last.id}" if q.order == "id" else f"size:{last.size}:{last.id}"
     return EntryPage(rows, cursor)
-
-
-def entries_sql(conn: sqlite3.Connection, q: EntryQuery) -> tuple[str, list[Any]]:
-    """The statement and arguments of one page of ``list_entries`` (one row more than asked)."""
-    if not 1 <= q.limit <= MAX_PAGE:
-        raise errors.InvalidParams(f"limit must be between 1 and {MAX_PAGE}")
-    if q.parent is not None and q.location_id is None:
-        raise errors.InvalidParams("the parent filter needs location_id")
-    sql = f"SELECT {_ENTRY_COLS} FROM entries e"
-    where: list[str] = ["e.missing = 0"]
-    args: list[Any] = []
-    if q.tag is not None:
-        sql += " JOIN entry_tags t ON t.entry_id = e.id AND t.tag_id = ?"
-        args.append(resolve_tag(conn, q.tag))
-    for column, value in (("location_id", q.location_id), ("parent", q.parent),
-                          ("kind", q.kind), ("cas_id", q.cas_id)):
-        if value is not None:
-            where.append(f"e.{column} = ?")
-            args.append(value)
-    if q.extension is not None:
-        where.append("e.extension = ?")
-        args.append(q.extension.lstrip(".").lower())
-    min_size = q.min_size
-    if q.cursor is not None:
-        key = _parse_cursor(q.cursor, q.order)
-        if q.order == "id":
-            where.append("e.id > ?")
-            args.append(key[0])
-        else:
-            # One lower bound on size (the larger of min_size and the cursor's), so that the
-            # index range starts at the cursor: a page costs the same at any depth.
-            size, after_id = key
-            min_size = size if min_size is None else max(min_size, size)
-            where.append("(e.size > ? OR e.id > ?)")
-            args.extend((size, after_id))
-    if min_size is not None:
-        where.append("e.size >= ?")
-        args.append(min_size)
-    sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY e.id" if q.order == "id" else " ORDER BY e.size, e.id"
-    sql += " LIMIT ?"
-    args.append(q.limit + 1)
-    return sql, args
 
 
 def get_entry(conn: sqlite3.Connection, entry_id: int) -> EntryDetail:
@@ -245,6 +316,17 @@ def entry_file(conn: sqlite3.Connection, entry_id: int) -> tuple[str, str, str]:
     if r is None:
         raise errors.NotFound(f"no entry {entry_id}", {"entry_id": entry_id})
     return str(r[0]), str(r[1]), str(r[2])
+
+
+# Rows ANALYZE samples per index (PRAGMA analysis_limit): statistics good enough for the
+# planner in milliseconds, even on millions of entries.
+ANALYSIS_LIMIT = 1000
+
+
+def refresh_statistics(conn: sqlite3.Connection) -> None:
+    """Bring the planner's statistics up to date (after an index job changed many rows)."""
+    conn.execute(f"PRAGMA analysis_limit={ANALYSIS_LIMIT}")
+    conn.execute("ANALYZE")
 
 
 def count_unhashed(conn: sqlite3.Connection, location_id: int) -> int:
