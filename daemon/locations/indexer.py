@@ -44,6 +44,7 @@ from daemon.locations import content, store
 from daemon.locations.fs import join
 
 FLUSH_EVERY_S = 1.0
+WALK_CACHE_KIB_NEG = -64 * 1024  # PRAGMA cache_size in KiB (negative) during a walk
 _S_IFMT, _S_IFREG, _S_IFDIR, _S_IFLNK = 0o170000, 0o100000, 0o040000, 0o120000
 # An index job that inserted, moved or removed this many entries refreshes the planner's
 # statistics (ANALYZE with a sampling limit: milliseconds).
@@ -128,7 +129,14 @@ def index_job(ctx: JobContext, inp: IndexInput) -> dict[str, Any]:
     counts = msgspec.convert(state["counts"], Counts)
     t0 = time.monotonic()
     if state["phase"] == "walk":
-        Walker(ctx, inp, root, state, counts).run()
+        # A page cache that holds the entries' indexes while a walk writes them (random
+        # inserts into a million-entry index would otherwise read and write the disk);
+        # given back when the walk ends.
+        db.run_sync(lambda c: c.execute(f"PRAGMA cache_size={WALK_CACHE_KIB_NEG}"))
+        try:
+            Walker(ctx, inp, root, state, counts).run()
+        finally:
+            db.run_sync(lambda c: c.execute("PRAGMA cache_size=-2000"))
         state["phase"] = "sweep"
     if state["phase"] == "sweep":
         counts.removed += _guard(ctx, lambda: db.run_sync(
