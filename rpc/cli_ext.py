@@ -7,9 +7,11 @@ from typing import Any
 
 import click
 
+from daemon.errors import InvalidParams
 from rpc.cli_common import (
     ENCODE,
     Ctx,
+    fail,
     fmt_size,
     fmt_time,
     library_option,
@@ -17,6 +19,7 @@ from rpc.cli_common import (
     print_kv,
     print_table,
 )
+from rpc.scaffold import LANGS, scaffold, source_tree
 
 
 @click.group()
@@ -40,6 +43,45 @@ def ext_install(ctx: Ctx, path: Path) -> None:
     PATH is a directory with manifest.json, or a .wasm file.
     """
     ctx.out(ctx.call("action:extensions.install.input.v1", {"path": str(path.resolve())}), _summary)
+
+
+@ext.command("new")
+@click.argument("ext_id", metavar="NAME")
+@click.option("--lang", type=click.Choice(LANGS), default="rust", show_default=True,
+              help="The extension's language")
+@click.option("--dir", "parent", type=click.Path(file_okay=False, path_type=Path),
+              help="Where to create NAME/ [default: ./extensions if there is one, else .]")
+@pass_ctx
+def ext_new(ctx: Ctx, ext_id: str, lang: str, parent: Path | None) -> None:
+    """Create a new extension NAME: manifest, one resumable job, a test.
+
+    `make extensions` builds it when it is in the sd tree's extensions/; anywhere
+    else `scripts/build-extensions.sh DIR`. Its test_NAME.py builds it,
+    installs it into a real daemon and runs the job.
+    """
+    root = source_tree()
+    if root is None:
+        fail(InvalidParams("sd ext new needs the sd source tree (guest-sdk/, scripts/): "
+                           "run the sd of an editable install (make setup)"))
+    if parent is None:
+        parent = Path("extensions") if Path("extensions").is_dir() else Path(".")
+    try:
+        dest, files, note = scaffold(ext_id, lang, parent, root)
+    except InvalidParams as e:
+        fail(e)
+    result = {"id": ext_id, "lang": lang, "path": str(dest), "files": files, "note": note}
+
+    def human(r: dict[str, Any]) -> None:
+        click.echo(f"created {r['path']} ({lang}): {', '.join(files)}")
+        if note:
+            click.echo(note)
+        in_tree = dest.parent == root / "extensions"
+        build = "make extensions" if in_tree else f"bash {root}/scripts/build-extensions.sh {dest}"
+        built = root / "build" / "extensions" / ext_id
+        click.echo(f"build:   {build}\ninstall: sd ext install {built}\n"
+                   f"run:     sd job run {ext_id} count --state '{{\"target\": 10}}' --wait\n"
+                   f"test:    {root}/.venv/bin/pytest {dest}/test_{dest.name.replace('-', '_')}.py")
+    ctx.out(result, human)
 
 
 @ext.command("list")
