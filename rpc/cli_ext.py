@@ -24,7 +24,7 @@ from rpc.scaffold import LANGS, scaffold, source_tree
 
 @click.group()
 def ext() -> None:
-    """Install, list, load and unload extensions."""
+    """Create, install, list, load and unload extensions."""
 
 
 def _summary(r: dict[str, Any]) -> None:

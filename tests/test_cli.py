@@ -186,6 +186,7 @@ sd ext info
 sd ext install
 sd ext list
 sd ext load
+sd ext new
 sd ext reload
 sd ext stats
 sd ext storage
