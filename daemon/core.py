@@ -25,6 +25,7 @@ from daemon.jobs.context import ContextRegistry
 from daemon.jobs.types import JobRegistry, JobType
 from daemon.libraries.manager import LibraryManager
 from daemon.locations import JOB_TYPES as BUILTIN_JOB_TYPES
+from daemon.metrics import RequestMetrics, Snapshot
 
 log = logging.getLogger("sd.core")
 
@@ -47,6 +48,7 @@ class Core:
         self.libraries = LibraryManager(config.data_dir / "libraries", self.events,
                                         self.job_types, self.job_slots, self.job_contexts)
         self.plugin_manager: PluginManager | None = None
+        self.requests = RequestMetrics()  # filled by the socket server's JSON-RPC layer
         self._closed = False
         self._jobs_started = False
         self._shutdown_callbacks: list[Callable[[], None]] = []
@@ -92,6 +94,26 @@ class Core:
             "extensions": 0 if self.plugin_manager is None else self.plugin_manager.loaded_count(),
             "subscribers": self.events.subscriber_count,
         }
+
+    async def metrics_snapshot(self) -> Snapshot:
+        """The figures ``sd metrics`` prints (``daemon.metrics.render``)."""
+        by_state: dict[str, int] = {}
+        for lib in self.libraries.list():
+            try:
+                counts = await lib.jobs.count_by_status()
+            except Exception as e:  # noqa: BLE001 - one bad library must not hide the rest
+                log.warning("metrics: cannot count the jobs of library %s: %s", lib.id, e)
+                continue
+            for state, n in counts.items():
+                by_state[state] = by_state.get(state, 0) + n
+        pm = self.plugin_manager
+        return Snapshot(
+            started_at=self.started_at, requests=self.requests, jobs_by_state=by_state,
+            running_jobs=len(self.job_contexts), libraries=len(self.libraries),
+            extensions_loaded=0 if pm is None else pm.loaded_count(),
+            subscribers=self.events.subscriber_count, events_dropped=self.events.dropped_total,
+            subscribers_disconnected=self.events.disconnected_total,
+            extensions=[] if pm is None else pm.stats_views())
 
     async def resume_extension_jobs(self, extension_id: str) -> None:
         """Jobs paused because the extension was unloaded or missing continue, in every library."""

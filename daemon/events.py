@@ -148,8 +148,10 @@ class Subscription:
         if len(self._queue) >= self._maxsize:
             self._pending_drops += 1
             self.dropped_total += 1
+            self._bus.dropped_total += 1
             if self.dropped_total >= self._drop_limit:
                 log.warning("subscriber dropped %d events; disconnecting it", self.dropped_total)
+                self._bus.disconnected_total += 1
                 self.close()
             return
         if self._pending_drops:
@@ -187,6 +189,9 @@ class EventBus:
         self._subs: list[Subscription] = []
         self._queue_size = queue_size
         self._drop_limit = drop_limit
+        # Over every subscriber there has been (for `sd metrics`).
+        self.dropped_total = 0
+        self.disconnected_total = 0
 
     def subscribe(self, kinds: Iterable[str] | None = None,
                   library_id: str | None = None) -> Subscription:

@@ -54,7 +54,7 @@ def cli(ctx: click.Context, socket: Path | None, as_json: bool) -> None:
 
 
 for command in (cli_core.status, cli_core.call, cli_core.events, cli_core.daemon,
-                cli_core.completion,
+                cli_core.completion, cli_core.metrics,
                 cli_library.library, cli_jobs.job, cli_ext.ext, cli_locations.location,
                 cli_entries.entries, cli_tags.tag):
     cli.add_command(command)

@@ -85,6 +85,20 @@ def events(ctx: Ctx, kinds: tuple[str, ...], library: str | None) -> None:
         fail(e)
 
 
+@click.command("metrics")
+@click.option("--openmetrics", is_flag=True, help="OpenMetrics text instead of Prometheus")
+@pass_ctx
+def metrics(ctx: Ctx, openmetrics: bool) -> None:
+    """Print the daemon's figures in the Prometheus text format.
+
+    Requests, jobs, event drops and each extension's costs; for node_exporter's
+    textfile collector, see docs/service.md.
+    """
+    r = ctx.call("query:core.metrics.v1",
+                 {"format": "openmetrics" if openmetrics else "prometheus"})
+    ctx.out(r, lambda r: click.echo(r["text"], nl=False))
+
+
 @click.group()
 def daemon() -> None:
     """Control the daemon."""

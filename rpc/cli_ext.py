@@ -162,24 +162,31 @@ def ext_stats(ctx: Ctx, ext_id: str | None) -> None:
     ctx.out(ctx.call("query:extensions.stats.v1", payload), human)
 
 
-def _counts(d: dict[str, int]) -> str:
-    if not d:
-        return "0"
-    return f"{sum(d.values())} (" + ", ".join(
-        f"{k} {n}" for k, n in sorted(d.items(), key=lambda kv: (-kv[1], kv[0]))) + ")"
+def _seconds(s: float) -> str:
+    return f"{s:.3f} s" if s >= 1 else f"{s * 1000:.3f} ms"
 
 
 def _stats_rows(since: dict[str, Any], total: dict[str, Any]) -> list[dict[str, Any]]:
-    figures: list[tuple[str, Any]] = [
-        ("guest CPU", lambda f: f"{f['guest_cpu_s']:.3f} s"),
-        ("host time on its calls", lambda f: f"{f['host_s']:.3f} s"),
-        ("calls", lambda f: _counts(f["calls"])),
-        ("errors by code", lambda f: _counts(f["errors"])),
-        ("rate-limited calls", lambda f: str(f["rate_limited"])),
-        ("log lines written", lambda f: str(f["log_lines"])),
-        ("log lines suppressed", lambda f: str(f["log_suppressed"])),
-        ("peak instance memory", lambda f: fmt_size(f["peak_memory_bytes"])),
-        ("jobs", lambda f: _counts(f["jobs"])),
-    ]
-    return [{"figure": name, "since start": fn(since), "total": fn(total)}
-            for name, fn in figures]
+    """One row per figure; counts by key (operation, error code, outcome) get a row each."""
+    rows: list[dict[str, Any]] = []
+
+    def row(name: str, fn: Any) -> None:
+        rows.append({"figure": name, "since start": fn(since), "total": fn(total)})
+
+    def by_key(name: str, key: str) -> None:
+        row(name, lambda f: str(sum(f[key].values())))
+        keys = sorted(set(total[key]) | set(since[key]),
+                      key=lambda k: (-total[key].get(k, 0), k))
+        for k in keys:
+            row(f"  {k}", lambda f, k=k: str(f[key].get(k, 0)))
+
+    row("guest CPU", lambda f: _seconds(f["guest_cpu_s"]))
+    row("host time on its calls", lambda f: _seconds(f["host_s"]))
+    by_key("calls", "calls")
+    by_key("errors", "errors")
+    row("rate-limited calls", lambda f: str(f["rate_limited"]))
+    row("log lines written", lambda f: str(f["log_lines"]))
+    row("log lines suppressed", lambda f: str(f["log_suppressed"]))
+    row("peak instance memory", lambda f: fmt_size(f["peak_memory_bytes"]))
+    by_key("jobs", "jobs")
+    return rows

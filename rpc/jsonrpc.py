@@ -15,15 +15,19 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable
+from time import perf_counter
 from typing import Any, Literal
 
 import msgspec
 
 from daemon import errors
 from daemon.calls import Caller
+from daemon.metrics import OK
 from rpc.dispatch import Dispatcher
 
 log = logging.getLogger("sd.rpc")
+# Method labels of requests that name no operation, or are not requests at all.
+UNKNOWN, INVALID = "unknown", "invalid"
 
 _UNSET = msgspec.UNSET
 
@@ -99,6 +103,7 @@ class JsonRpc:
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
+        self._observe = dispatcher.core.requests.observe
 
     def handle(self, line: bytes, caller: Caller) -> bytes | None | Awaitable[bytes | None]:
         """Answer one line: the response now, None for no response, or an awaitable."""
@@ -113,9 +118,11 @@ class JsonRpc:
 
     # --- one request -------------------------------------------------------------------
     def _one(self, req: Request, caller: Caller) -> bytes | None | Awaitable[bytes | None]:
+        t0 = perf_counter()
         notify = req.id is _UNSET
         rid = None if notify else req.id
         if req.jsonrpc != "2.0":
+            self._observe(INVALID, str(errors.InvalidRequest.code), perf_counter() - t0)
             return None if notify else encode_error(
                 rid, errors.InvalidRequest('"jsonrpc" must be "2.0"'))
         params = req.params
@@ -124,35 +131,55 @@ class JsonRpc:
                 req.method, params.library_id if params else None,
                 params.payload if params else None, caller)
         except Exception as e:  # noqa: BLE001 - every error becomes a JSON-RPC error object
-            return None if notify else encode_error(rid, error_from_exception(e, req.method))
+            err = error_from_exception(e, req.method)
+            # Only registered names become label values, never a client's made-up ones.
+            self._observe(UNKNOWN if isinstance(err, errors.MethodNotFound) else req.method,
+                          str(err.code), perf_counter() - t0)
+            return None if notify else encode_error(rid, err)
         if op.is_async:
-            return self._finish(result, rid, notify, req.method)
+            return self._finish(result, rid, notify, req.method, t0)
         if notify:
+            self._observe(req.method, OK, perf_counter() - t0)
             return None
-        return self._encode_result(rid, result, req.method)
+        return self._encode_result(rid, result, req.method, t0)
 
     async def _finish(self, aw: Awaitable[Any], rid: Any, notify: bool,
-                      method: str) -> bytes | None:
+                      method: str, t0: float) -> bytes | None:
         try:
             result = await aw
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001
-            return None if notify else encode_error(rid, error_from_exception(e, method))
-        return None if notify else self._encode_result(rid, result, method)
+            err = error_from_exception(e, method)
+            self._observe(method, str(err.code), perf_counter() - t0)
+            return None if notify else encode_error(rid, err)
+        if notify:
+            self._observe(method, OK, perf_counter() - t0)
+            return None
+        return self._encode_result(rid, result, method, t0)
 
-    def _encode_result(self, rid: Any, result: Any, method: str) -> bytes:
+    def _encode_result(self, rid: Any, result: Any, method: str, t0: float) -> bytes:
         try:
-            return _encoder.encode(_Result("2.0", rid, result))
+            out = _encoder.encode(_Result("2.0", rid, result))
         except (TypeError, msgspec.EncodeError) as e:
-            return encode_error(rid, error_from_exception(e, method))
+            err = error_from_exception(e, method)
+            self._observe(method, str(err.code), perf_counter() - t0)
+            return encode_error(rid, err)
+        self._observe(method, OK, perf_counter() - t0)
+        return out
 
     def _malformed(self, text: bytes | msgspec.Raw) -> bytes | None:
         """A request that did not decode as a Request: parse error, bad params or bad request."""
+        err, rid, answer = self._classify(text)
+        self._observe(INVALID, str(err.code), 0.0)
+        return encode_error(rid, err) if answer else None
+
+    def _classify(self, text: bytes | msgspec.Raw) -> tuple[errors.SdError, Any, bool]:
+        """(the error, the id to answer with, whether to answer at all)."""
         try:
             obj = _any.decode(text)
         except msgspec.DecodeError as e:
-            return encode_error(None, errors.ParseError(f"parse error: {e}"))
+            return errors.ParseError(f"parse error: {e}"), None, True
         rid = None
         if isinstance(obj, dict):
             maybe = obj.get("id")
@@ -162,12 +189,12 @@ class JsonRpc:
             msgspec.convert(obj, _RequestShape)
         except msgspec.ValidationError as e:
             if str(e).endswith("`$.params`") or "- at `$.params." in str(e):
-                if "id" not in obj:
-                    return None  # a notification: never answered, even when wrong
-                return encode_error(rid, errors.InvalidParams(
-                    f'params must be {{"library_id": <uuid or null>, "payload": {{...}}}}: {e}'))
-            return encode_error(rid, errors.InvalidRequest(f"invalid request: {e}"))
-        return encode_error(rid, errors.InvalidRequest("invalid request"))
+                # A notification is never answered, even when wrong.
+                return errors.InvalidParams(
+                    f'params must be {{"library_id": <uuid or null>, "payload": {{...}}}}: '
+                    f'{e}'), rid, "id" in obj
+            return errors.InvalidRequest(f"invalid request: {e}"), rid, True
+        return errors.InvalidRequest("invalid request"), rid, True
 
     # --- batches ------------------------------------------------------------------------
     def _batch(self, line: bytes, caller: Caller) -> bytes | None | Awaitable[bytes | None]:

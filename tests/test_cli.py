@@ -209,6 +209,7 @@ sd location identify
 sd location list
 sd location remove
 sd location rescan
+sd metrics
 sd status
 sd tag apply
 sd tag create

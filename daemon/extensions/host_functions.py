@@ -34,6 +34,7 @@ from daemon.locations.fs import OpenFiles
 log = logging.getLogger("sd.extensions")
 
 MAX_METHOD_BYTES = 256
+UNKNOWN_METHOD = "(unknown method)"  # how calls of names no operation has are counted
 STATS_MERGE_S = 1.0  # a running job's tally reaches its extension's stats this often
 MAX_JOB_NAME_BYTES = 128
 _LEVELS = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
@@ -190,8 +191,8 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
         method_ptr, method_len, lib_ptr, payload_ptr, payload_len = a
         method = _text(hc, method_ptr, method_len, MAX_METHOD_BYTES, "method name")
         t0 = 0.0
-        if env.account:
-            calls[method] = calls.get(method, 0) + 1
+        account = env.account
+        if account:
             seq = tally.seq
             tally.seq = seq + 1
             if not seq & TIME_MASK:
@@ -201,9 +202,6 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
             raise GuestCallError(f"negative payload length {payload_len}")
         if payload_len > limits.max_payload_bytes:
             count_error(errors.TooLarge.code)
-            if t0:
-                tally.timed_s += perf_counter() - t0
-                tally.timed_calls += 1
             return reply(hc, error_body(errors.TooLarge(
                 f"payload of {payload_len} bytes exceeds the limit of {limits.max_payload_bytes}")))
         payload = hc.read(payload_ptr, payload_len)
@@ -214,6 +212,8 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
             body = b'{"ok":' + _enc.encode(result) + b"}"
         except errors.SdError as e:
             count_error(e.code)
+            if e.code == errors.MethodNotFound.code:
+                method = UNKNOWN_METHOD  # a guest's made-up names are not kept
             body = error_body(e)
         except Exception as e:
             log.exception("extension %s: %s failed", env.extension_id, method)
@@ -224,9 +224,11 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
             count_error(errors.TooLarge.code)
             body = error_body(errors.TooLarge(
                 f"reply of {len(body)} bytes exceeds the limit of {limits.max_reply_bytes}"))
-        if t0:
-            tally.timed_s += perf_counter() - t0
-            tally.timed_calls += 1
+        if account:
+            calls[method] = calls.get(method, 0) + 1
+            if t0:
+                tally.timed_s += perf_counter() - t0
+                tally.timed_calls += 1
         return reply(hc, body)
 
     def spacedrive_log(hc: HostCall, a: tuple[Any, ...]) -> None:

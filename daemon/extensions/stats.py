@@ -57,7 +57,7 @@ class Tally:
         """Host time on the calls since the last merge, from the timed ones."""
         if not self.timed_calls:
             return 0.0
-        return self.timed_s * sum(self.calls.values()) / self.timed_calls
+        return self.timed_s * max(self.timed_calls, sum(self.calls.values())) / self.timed_calls
 
 
 class Figures(msgspec.Struct, kw_only=True):

@@ -261,6 +261,9 @@ class JobManager:
         rows = [self._overlay(r) for r in rows]
         return [self._info(r, None) for r in rows if status is None or r.status == status]
 
+    async def count_by_status(self) -> dict[str, int]:
+        return await self._db.run(store.count_by_status)
+
     async def pause(self, job_id: str) -> str:
         """Pause a queued job now, or ask a running one to pause at its next check."""
         row = await self._row(job_id)

@@ -119,6 +119,13 @@ def paused_for(conn: sqlite3.Connection, extension_id: str, reasons: tuple[str, 
         (extension_id, *reasons))]
 
 
+def count_by_status(conn: sqlite3.Connection) -> dict[str, int]:
+    counts = dict.fromkeys(STATUSES, 0)
+    for status, n in conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
+        counts[status] = n
+    return counts
+
+
 def queued_ids(conn: sqlite3.Connection) -> list[str]:
     """Queued jobs in FIFO order."""
     return [r[0] for r in conn.execute(
