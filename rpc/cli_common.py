@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import re
 import sys
 import time
@@ -258,6 +259,58 @@ def all_entries(ctx: Ctx, library: str | None, query: dict[str, Any], limit: int
             if cursor is None or (limit and len(out) >= limit):
                 return out
     return ctx.run(go)
+
+
+def stream_entries(ctx: Ctx, library: str | None, query: dict[str, Any], limit: int,
+                   emit: Callable[[list[Any]], None]) -> int:
+    """Follow ``next_cursor`` like ``all_entries``, handing each page to ``emit`` as it
+    arrives (nothing is held); returns the number of entries."""
+    async def go(c: Client) -> int:
+        lib = await resolve_library(c, library)
+        n = 0
+        cursor = None
+        while True:
+            page_size = 1000 if not limit else min(1000, limit - n)
+            page = await c.call("query:entries.list.v1",
+                                {**query, "cursor": cursor, "limit": page_size}, lib)
+            emit(page["entries"])
+            n += len(page["entries"])
+            cursor = page["next_cursor"]
+            if cursor is None or (limit and n >= limit):
+                return n
+    return ctx.run(go)
+
+
+class EntryLines:
+    """Entries as aligned lines, written page by page: the columns' widths come from the
+    first page (a wider value later just pushes its line), never from measuring them all."""
+
+    COLUMNS = ("id", "location_id", "kind", "size", "cas_id", "path")
+
+    def __init__(self) -> None:
+        self.widths: list[int] | None = None
+
+    def __call__(self, rows: list[dict[str, Any]]) -> None:
+        cells = [(str(r["id"]), str(r["location_id"]), r["kind"],
+                  fmt_size(r["size"]) if r["kind"] == "file" else "", r["cas_id"] or "",
+                  r["path"]) for r in rows]
+        if self.widths is None:
+            if not cells:
+                return
+            self.widths = [max(len(h), *(len(c[i]) for c in cells))
+                           for i, h in enumerate(self.COLUMNS[:-1])]
+            cells.insert(0, self.COLUMNS)
+        w = self.widths
+        right = (True, True, False, True, False)
+        out = []
+        for c in cells:
+            out.append("  ".join([*(v.rjust(w[i]) if right[i] else v.ljust(w[i])
+                                    for i, v in enumerate(c[:-1])), c[-1]]))
+        try:
+            sys.stdout.write("\n".join(out) + "\n")
+        except BrokenPipeError:  # `sd entries ls | head`: the reader has all it wants
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
 
 
 def print_entries(rows: list[dict[str, Any]]) -> None:

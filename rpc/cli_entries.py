@@ -7,7 +7,15 @@ import sys
 
 import click
 
-from rpc.cli_common import Ctx, all_entries, library_option, pass_ctx, print_entries, print_kv
+from rpc.cli_common import (
+    Ctx,
+    EntryLines,
+    all_entries,
+    library_option,
+    pass_ctx,
+    print_kv,
+    stream_entries,
+)
 
 KINDS = ["file", "dir", "symlink", "other"]
 
@@ -34,7 +42,12 @@ def entries_ls(ctx: Ctx, location_id: int | None, parent: str | None, extension:
     """List entries matching every filter given."""
     query = {"location_id": location_id, "parent": parent, "extension": extension, "kind": kind,
              "tag": tag, "cas_id": cas_id, "order": order}
-    ctx.out(all_entries(ctx, library, query, limit), print_entries)
+    if ctx.json:
+        ctx.out(all_entries(ctx, library, query, limit))
+        return
+    lines = EntryLines()  # streamed: 200,000 rows print as they arrive
+    if not stream_entries(ctx, library, query, limit, lines):
+        click.echo("no entries")
 
 
 @entries.command("get")

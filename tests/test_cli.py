@@ -254,3 +254,23 @@ def test_help_lists_every_command() -> None:
     for name in help_commands():
         listed += [f"sd {name} {sub}" for sub in help_commands(name)] or [f"sd {name}"]
     assert sorted(listed) == COMMANDS.strip().splitlines()
+
+
+def test_entries_ls_streams_aligned_lines_across_pages(daemon: Daemon, tmp_path: Path) -> None:
+    """`sd entries ls` prints page by page (issue 15: no table measuring every row first):
+    every entry once, in id order, columns aligned on the first page's widths."""
+    daemon.sd("library", "create", "L", check=True)
+    tree = tmp_path / "many"
+    tree.mkdir()
+    for i in range(2500):
+        (tree / f"f{i:04d}.txt").write_bytes(b"x" * (i % 7))
+    daemon.sd("location", "add", str(tree), "--wait", check=True)
+    want = daemon.sd_json("entries", "ls", "--limit", "0")
+    assert len(want) == 2500
+    lines = daemon.sd("entries", "ls", "--limit", "0", check=True).stdout.splitlines()
+    assert lines[0].split() == ["id", "location_id", "kind", "size", "cas_id", "path"]
+    assert [ln.split()[0] for ln in lines[1:]] == [str(e["id"]) for e in want]
+    assert [ln.rsplit(" ", 1)[1] for ln in lines[1:]] == [e["path"] for e in want]
+    start = lines[0].index("path")
+    assert all(ln[start:] == e["path"] for ln, e in zip(lines[1:1001], want[:1000], strict=True))
+    assert daemon.sd("entries", "ls", "--ext", "none").stdout.strip() == "no entries"
