@@ -115,6 +115,7 @@ def test_kill9_mid_count_resumes(c_daemon: Daemon) -> None:
     counted = [int(x) for x in re.findall(r"^Counted (\d+)/80", "\n".join(c_log(d)), re.M)]
     # The second run counts on from its checkpoint, each step once.
     assert counted[len(counted) - (80 - starts[1]):] == list(range(starts[1] + 1, 81))
+    assert counted[:starts[1]] == list(range(1, starts[1] + 1))  # the first run, up to its checkpoint
 
 
 def test_zig_extension_through_cimport(daemon: Daemon, tmpdir_short: Path) -> None:
