@@ -16,8 +16,11 @@
  *     #define SPACEDRIVE_IMPLEMENTATION
  *     #include "spacedrive.h"
  *
- * (other files include it without the define). Build (scripts/build-extensions.sh):
+ * (other files include it without the define). Build, as scripts/build-extensions.sh
+ * does (zig from PyPI's ziglang), or with clang + lld:
  *
+ *     zig cc -target wasm32-freestanding -nostdlib -ffreestanding -Os -I guest-sdk/c \
+ *            -Wl,--no-entry -o ext.wasm ext.c
  *     clang --target=wasm32 -nostdlib -ffreestanding -Os -I guest-sdk/c \
  *           -Wl,--no-entry -Wl,--stack-first -o ext.wasm ext.c
  *
