@@ -130,7 +130,7 @@ typedef enum sd_json_type {
 
 sd_json sd_json_parse(const char *text, size_t len);
 sd_json_type sd_json_typeof(sd_json v);
-sd_json sd_json_get(sd_json object, const char *key);   /* member value, or missing */
+sd_json sd_json_get(sd_json object, const char *key);   /* the first member named key, or missing */
 sd_json sd_json_at(sd_json array, uint32_t index);      /* element, or missing */
 /* Iterates an object's members or an array's elements (key is missing for arrays):
  *   uint32_t pos = 0; sd_json k, v; while (sd_json_next(obj, &pos, &k, &v)) {...} */
