@@ -1,9 +1,10 @@
-"""``sd entries ...``: list, inspect and read indexed entries."""
+"""``sd entries ...``: list, inspect, read and hash indexed entries."""
 
 from __future__ import annotations
 
 import base64
 import sys
+from typing import Any
 
 import click
 
@@ -22,7 +23,7 @@ KINDS = ["file", "dir", "symlink", "other"]
 
 @click.group()
 def entries() -> None:
-    """List, inspect and read indexed entries."""
+    """List, inspect, read and hash indexed entries."""
 
 
 @entries.command("ls")
@@ -74,3 +75,21 @@ def entries_read(ctx: Ctx, entry_id: int, offset: int, length: int, library: str
         ctx.out(r)
     else:
         sys.stdout.buffer.write(base64.b64decode(r["data"]))
+
+
+@entries.command("hash")
+@click.argument("entry_ids", type=int, nargs=-1, required=True)
+@library_option
+@pass_ctx
+def entries_hash(ctx: Ctx, entry_ids: tuple[int, ...], library: str | None) -> None:
+    """Whole-content BLAKE3 of file entries (cached per file; at most 1000 ids)."""
+    r = ctx.lib_call(library, "query:entries.content_hash.v1", {"entry_ids": list(entry_ids)})
+
+    def human(result: dict[str, Any]) -> None:
+        for h in result["hashes"]:
+            if h["hash"] is None:
+                click.echo(f"{h['entry_id']}  error: {h['error']['message']}")
+            else:
+                click.echo(f"{h['entry_id']}  {h['hash']}" + ("  (cached)" if h["cached"] else ""))
+        click.echo(f"{result['bytes_read']} bytes read")
+    ctx.out(r, human)

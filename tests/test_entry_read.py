@@ -237,6 +237,10 @@ def test_content_hash_whole_file_cached_and_per_entry_errors(d: Daemon, tmpdir_s
     out = d.sd_json("call", "query:entries.content_hash.v1",
                     json.dumps({"entry_ids": [ents["big"]["id"]]}), "-l", lib)
     assert out["hashes"][0]["cached"] and out["bytes_read"] == 0
+    human = d.sd("entries", "hash", str(ents["big"]["id"]), str(ents["d"]["id"]),
+                 "--library", lib, check=True).stdout
+    assert f"{ents['big']['id']}  {h['big']['hash']}  (cached)" in human, human
+    assert "d is a dir, not a file" in human and "0 bytes read" in human
 
 
 def test_size_pages_cost_the_same_at_any_depth() -> None:
