@@ -82,7 +82,7 @@ def entries_read(ctx: Ctx, entry_id: int, offset: int, length: int, library: str
 @library_option
 @pass_ctx
 def entries_hash(ctx: Ctx, entry_ids: tuple[int, ...], library: str | None) -> None:
-    """Whole-content BLAKE3 of file entries (cached per file; at most 1000 ids)."""
+    """Whole-content BLAKE3 of file entries (cached per file)."""
     r = ctx.lib_call(library, "query:entries.content_hash.v1", {"entry_ids": list(entry_ids)})
 
     def human(result: dict[str, Any]) -> None:

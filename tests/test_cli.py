@@ -179,6 +179,7 @@ sd call
 sd completion
 sd daemon stop
 sd entries get
+sd entries hash
 sd entries ls
 sd entries read
 sd events
