@@ -28,6 +28,7 @@ from bench import (
     dispatch_rows,
     dupes_rows,
     guest_rows,
+    hash_rows,
     index_rows,
     jobs_rows,
     load_rows,
@@ -47,6 +48,7 @@ SIZES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "module_load_cached": ({"cold_rounds": 3, "cached_rounds": 9},
                            {"cold_rounds": 1, "cached_rounds": 3}),
     "indexing": ({"rounds": 3}, {"rounds": 1, "files": 20_000}),
+    "identify": ({"rounds": 3, "files": 20_000}, {"rounds": 1, "files": 2_000}),
     "duplicates": ({"rounds": 5, "unique": 6_000, "groups": 300, "big_pairs": 8},
                    {"rounds": 1, "unique": 1_000, "groups": 50, "big_pairs": 2}),
     "guest_read": ({"rounds": 9}, {"rounds": 1, "size_mb": 20}),
@@ -94,6 +96,7 @@ async def _inprocess(tmp: Path, sizes: dict[str, dict[str, Any]], only: set[str]
         ("wasm_jobs", lambda: jobs_rows.run(tmp, **sizes["wasm_jobs"])),
         ("module_load_cached", lambda: load_rows.run(tmp, **sizes["module_load_cached"])),
         ("indexing", lambda: index_rows.run(tmp, **sizes["indexing"])),
+        ("identify", lambda: hash_rows.run(tmp, **sizes["identify"])),
         ("duplicates", lambda: dupes_rows.run_duplicates(tmp, **sizes["duplicates"])),
         ("guest_read", lambda: dupes_rows.run_guest_read(tmp, **sizes["guest_read"])),
     ]

@@ -541,3 +541,34 @@ async def test_rescan_repairs_rows_changed_behind_its_back(
     again = await rescan(core, lib, loc)
     assert (again["inserted"], again["updated"], again["moved"], again["removed"]) == (0, 0, 0, 0)
     assert await lib.db.run(listings) == dirs
+
+
+async def test_identify_many_files_in_threads_and_skips_what_changed(
+        core: Core, lib: Library, tmp_path: Path) -> None:
+    """Identify hashes files in threads, through each directory's fd (issue 15): every
+    cas_id is right across batches and directories; a file changed, replaced by a symlink
+    or behind a directory replaced by a symlink since indexing is skipped, never followed."""
+    tree = tmp_path / "tree"
+    rnd = random.Random(5)
+    contents: dict[str, bytes] = {}
+    for d in range(12):
+        for i in range(110):
+            rel = f"d{d:02d}/f{i:03d}.bin"
+            contents[rel] = rnd.randbytes(rnd.choice((0, 1, 100, 5000, 120_000)))
+            write(tree / rel, contents[rel])
+    outside = tmp_path / "outside"
+    write(outside / "f000.bin", b"secret")
+    loc, _ = await index(core, lib, tree)
+    (tree / "d00" / "f001.bin").write_bytes(b"changed since indexing")
+    (tree / "d00" / "f002.bin").unlink()
+    os.symlink(outside / "f000.bin", tree / "d00" / "f002.bin")
+    shutil.rmtree(tree / "d01")
+    os.symlink(outside, tree / "d01")
+    skipped = {"d00/f001.bin", "d00/f002.bin"} | {p for p in contents if p.startswith("d01/")}
+    job_id = await lib.jobs.dispatch_by_name("locations.identify", {"location_id": loc})
+    out = await (await lib.jobs.get_handle(job_id)).wait()
+    assert (out["hashed"], out["skipped"]) == (len(contents) - len(skipped), len(skipped))
+    entries = await by_path(core, lib, kind="file")
+    for rel, data in contents.items():
+        want = None if rel in skipped else content.cas_id_of_bytes(data)
+        assert entries[rel]["cas_id"] == want, rel

@@ -20,7 +20,10 @@ is the trade Spacedrive makes too (identity, not integrity).
 from __future__ import annotations
 
 import os
+import stat
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -37,7 +40,11 @@ HEADER = FOOTER = 8 * 1024
 SAMPLE = 10 * 1024
 SAMPLES = 4
 CAS_HEX_DIGITS = 16
-BATCH = 256
+BATCH = 1024  # rows fetched (and cas_ids stored, and a checkpoint written) at a time
+CHUNK = 64  # rows a hashing thread takes at a time
+HASH_THREADS = 2
+# O_NONBLOCK: opening a FIFO swapped in for a file must not wait for a writer.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def sample_ranges(size: int) -> list[tuple[int, int]]:
@@ -84,7 +91,9 @@ def identify(ctx: JobContext, location_id: int, state: dict[str, Any],
     """The identify pass, resumable from ``state`` (``{"after": id, ...}``).
 
     ``extra`` is merged into every checkpoint (the indexer keeps its own fields there);
-    progress runs from ``progress_from`` to 1.
+    progress runs from ``progress_from`` to 1. Files are hashed by ``HASH_THREADS``
+    threads (reading and BLAKE3 release the GIL), each opening files through its
+    current directory's fd; the next batch of rows is fetched while one is hashed.
     """
     db = ctx.db
     root = db.run_sync(lambda c: store.location_root(c, location_id))
@@ -93,47 +102,112 @@ def identify(ctx: JobContext, location_id: int, state: dict[str, Any],
                  "total": db.run_sync(lambda c: store.count_unhashed(c, location_id))}
     total = max(int(state["total"]), 1)
     t0 = time.monotonic()
-    while True:
-        after = int(state["after"])
-        rows = db.run_sync(partial(store.unhashed_files, location_id=location_id, after=after,
-                                   limit=BATCH))
-        if not rows:
-            break
-        done: list[tuple[str, int, int, int]] = []
-        for entry_id, path, size, mtime_ns in rows:
-            try:
-                fd = fs.open_file(root, path)
-            except errors.SdError:
-                state["skipped"] += 1
-                continue
-            try:
-                st = os.fstat(fd)
-                if st.st_size != size or st.st_mtime_ns != mtime_ns:
-                    state["skipped"] += 1  # changed since indexing; the next rescan catches up
-                    continue
-                cas, n = cas_id_of_fd(fd, size)
-            except (OSError, errors.SdError) as e:
-                ctx.add_warning(f"cannot hash {path}: {getattr(e, 'message', e)}")
-                state["skipped"] += 1
-                continue
-            finally:
-                os.close(fd)
-            done.append((cas, entry_id, size, mtime_ns))
-            state["bytes"] += n
-            ctx.increment_bytes(n)
-        db.run_sync(partial(_store_cas, location_id=location_id, done=done))
-        state["hashed"] += len(done)
-        state["after"] = rows[-1][0]
-        ctx.increment_items(len(done))
-        finished = state["hashed"] + state["skipped"]
-        ctx.report_progress(progress_from + (1 - progress_from) * min(finished / total, 0.999),
-                            f"hashed {state['hashed']} of {state['total']} files")
-        ctx.checkpoint({**(extra or {}), "identify": state})
-        if ctx.check_interrupt() is not Interrupt.CONTINUE:
-            raise Interrupted()
+    local = threading.local()
+    dirs: list[_DirFd] = []
+
+    def hash_chunk(rows: list[tuple[int, str, int, int]]) -> list[_Hashed]:
+        d = getattr(local, "dirs", None)
+        if d is None:
+            d = local.dirs = _DirFd(root)
+            dirs.append(d)
+        return [_hash_one(d, *row) for row in rows]
+
+    def fetch(after: int) -> Future[list[tuple[int, str, int, int]]]:
+        return db.submit(partial(store.unhashed_files, location_id=location_id, after=after,
+                                 limit=BATCH))
+
+    pool = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix=f"identify-{ctx.job_id[:8]}")
+    try:
+        rows_fut = fetch(int(state["after"]))
+        while True:
+            rows = rows_fut.result()
+            if not rows:
+                break
+            rows_fut = fetch(rows[-1][0])
+            chunks = [rows[i:i + CHUNK] for i in range(0, len(rows), CHUNK)]
+            done: list[tuple[str, int, int, int]] = []
+            for results in pool.map(hash_chunk, chunks):
+                for entry_id, _, size, mtime_ns, cas, n, warning in results:
+                    if warning:
+                        ctx.add_warning(warning)
+                    if cas is None:
+                        state["skipped"] += 1
+                        continue
+                    done.append((cas, entry_id, size, mtime_ns))
+                    state["bytes"] += n
+                    ctx.increment_bytes(n)
+            db.run_sync(partial(_store_cas, location_id=location_id, done=done))
+            state["hashed"] += len(done)
+            state["after"] = rows[-1][0]
+            ctx.increment_items(len(done))
+            finished = state["hashed"] + state["skipped"]
+            ctx.report_progress(progress_from + (1 - progress_from) * min(finished / total, 0.999),
+                                f"hashed {state['hashed']} of {state['total']} files")
+            ctx.checkpoint({**(extra or {}), "identify": state})
+            if ctx.check_interrupt() is not Interrupt.CONTINUE:
+                raise Interrupted()
+    finally:
+        pool.shutdown(wait=True)
+        rows_fut.cancel()
+        for d in dirs:
+            d.close()
     ctx.report_progress(1.0, f"hashed {state['hashed']} files ({state['skipped']} skipped)")
     return {"hashed": state["hashed"], "skipped": state["skipped"], "bytes": state["bytes"],
             "seconds": round(time.monotonic() - t0, 3)}
+
+
+# (entry id, path, size, mtime_ns, cas_id or None if skipped, bytes read, warning or None)
+_Hashed = tuple[int, str, int, int, str | None, int, str | None]
+
+
+def _hash_one(dirs: _DirFd, entry_id: int, path: str, size: int, mtime_ns: int) -> _Hashed:
+    """One file's cas_id, if it is still the regular file that was indexed."""
+    try:
+        fd = dirs.open_file(path)
+    except errors.SdError:
+        return entry_id, path, size, mtime_ns, None, 0, None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size or st.st_mtime_ns != mtime_ns:
+            return entry_id, path, size, mtime_ns, None, 0, None  # the next rescan catches up
+        cas, n = cas_id_of_fd(fd, size)
+    except (OSError, errors.SdError) as e:
+        return (entry_id, path, size, mtime_ns, None, 0,
+                f"cannot hash {path}: {getattr(e, 'message', e)}")
+    finally:
+        os.close(fd)
+    return entry_id, path, size, mtime_ns, cas, n, None
+
+
+class _DirFd:
+    """Opens files of a location through the fd of their directory (opened like
+    ``fs.open_dir_nofollow``: no symlink followed), keeping the last one open: rows in
+    id order come a directory at a time."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.parent: str | None = None
+        self.fd = -1
+
+    def open_file(self, rel: str) -> int:
+        """An fd on ``rel`` (``O_NOFOLLOW``; the caller checks it is a regular file)."""
+        slash = rel.rfind("/")
+        parent, name = (rel[:slash], rel[slash + 1:]) if slash >= 0 else ("", rel)
+        if not name or name in (".", ".."):
+            raise errors.InvalidParams(f"bad relative path {rel!r}")
+        try:
+            if parent != self.parent:
+                self.close()
+                self.fd = fs.open_dir_nofollow(self.root, parent)
+                self.parent = parent
+            return os.open(name, _FILE_FLAGS, dir_fd=self.fd)
+        except OSError as e:
+            raise errors.NotFound(f"cannot open {rel}: {e.strerror}", {"path": rel}) from None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.fd, self.parent = -1, None
 
 
 def _store_cas(conn: Any, location_id: int, done: list[tuple[str, int, int, int]]) -> None:
