@@ -12,9 +12,11 @@ This module does the whole protocol in a few µs.
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
 import logging
 from collections.abc import Awaitable
+from pathlib import Path
 from time import perf_counter
 from typing import Any, Literal
 
@@ -22,6 +24,7 @@ import msgspec
 
 from daemon import errors
 from daemon.calls import Caller
+from daemon.libraries.db import disk_full
 from daemon.metrics import OK
 from rpc.dispatch import Dispatcher
 
@@ -94,6 +97,9 @@ def error_from_exception(exc: BaseException, method: str | None = None) -> error
     """Map any exception to an SdError: the one place where that happens."""
     if isinstance(exc, errors.SdError):
         return exc
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        # A write outside the databases (an extension install, loaded.json ...).
+        return disk_full(Path(exc.filename or "the data dir"), exc.strerror or exc)
     log.exception("internal error in %s", method or "request", exc_info=exc)
     return errors.InternalError(f"internal error: {type(exc).__name__}: {exc}")
 

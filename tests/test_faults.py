@@ -15,11 +15,26 @@ import socket
 import sqlite3
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import BUILT_EXTENSIONS, Daemon, wait_for
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., Daemon]]:
+    """``Daemon(...)`` that is killed at teardown if a failed test left it running."""
+    made: list[Daemon] = []
+
+    def make(*args: Any, **kwargs: Any) -> Daemon:
+        made.append(Daemon(*args, **kwargs))
+        return made[-1]
+    yield make
+    for d in made:
+        if d.proc is not None and d.proc.poll() is None:
+            d.kill9()
 
 
 def half_closed_exchange(path: Path, data: bytes, timeout: float = 10.0) -> bytes:
@@ -61,8 +76,9 @@ def test_half_closed_client_gets_every_reply(daemon: Daemon) -> None:
     assert daemon.rpc("query:test.ping.v1", {"x": 1})["result"] == {"echo": {"x": 1}}
 
 
-def test_damaged_module_cache_is_rebuilt_not_trusted(tmpdir_short: Path) -> None:
-    d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock",
+def test_damaged_module_cache_is_rebuilt_not_trusted(tmpdir_short: Path,
+                                                   spawn: Callable[..., Daemon]) -> None:
+    d = spawn(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock",
                extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS)]).start()
     d.stop()
     entries = sorted(p for p in (d.data_dir / "extensions" / ".cache").iterdir() if p.is_file())
@@ -112,8 +128,8 @@ def fill_library(d: Daemon, lib: str, jobs: int = 40) -> None:
                          for s in ("queued", "running")))
 
 
-def test_corrupt_library_is_isolated(tmpdir_short: Path) -> None:
-    d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock").start()
+def test_corrupt_library_is_isolated(tmpdir_short: Path, spawn: Callable[..., Daemon]) -> None:
+    d = spawn(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock").start()
     good = d.sd_json("library", "create", "Good")["id"]
     pages = d.sd_json("library", "create", "BadPages")["id"]
     header = d.sd_json("library", "create", "BadHeader")["id"]
@@ -187,8 +203,9 @@ def fill(path: Path) -> None:
                 assert e.errno == errno.ENOSPC, e
 
 
-def test_full_disk_pauses_jobs_and_recovers_without_restart(small_disk: Path) -> None:
-    d = Daemon(small_disk, small_disk.parent / "run" / "sd.sock",
+def test_full_disk_pauses_jobs_and_recovers_without_restart(
+        small_disk: Path, spawn: Callable[..., Daemon]) -> None:
+    d = spawn(small_disk, small_disk.parent / "run" / "sd.sock",
                extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS), "--max-running-jobs", "2"])
     d.start()
     lib = d.sd_json("library", "create", "L")["id"]
@@ -255,12 +272,13 @@ def test_full_disk_pauses_jobs_and_recovers_without_restart(small_disk: Path) ->
     d.stop()
 
 
-def test_kill9_loop_during_creates_and_dispatches(tmpdir_short: Path) -> None:
+def test_kill9_loop_during_creates_and_dispatches(tmpdir_short: Path,
+                                                 spawn: Callable[..., Daemon]) -> None:
     """At random moments while a client creates libraries and dispatches jobs: kill -9,
     restart, and check that nothing acknowledged was lost and nothing half-made shows."""
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock")
+    d = spawn(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock")
     libraries: dict[str, str] = {}  # acknowledged: id -> name
     jobs: dict[str, str] = {}  # acknowledged: job id -> library id
     kills = 0
