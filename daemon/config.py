@@ -47,6 +47,9 @@ class DaemonConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     shutdown_grace_s: float = 10.0
     # Members of this group (primary or supplementary) may use the socket too (mode 0660).
     socket_gid: int | None = None
+    # Inotify watches (directories) one location may use before it falls back to rescans;
+    # 0: only the kernel's limit (fs.inotify.max_user_watches) applies.
+    max_watches_per_location: int = 0
 
 
 def default_data_dir() -> Path:

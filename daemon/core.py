@@ -26,6 +26,7 @@ from daemon.jobs.types import JobRegistry, JobType
 from daemon.libraries.manager import LibraryManager
 from daemon.locations import JOB_TYPES as BUILTIN_JOB_TYPES
 from daemon.metrics import RequestMetrics, Snapshot
+from daemon.locations.watch import WatchService
 
 log = logging.getLogger("sd.core")
 
@@ -47,6 +48,8 @@ class Core:
         self.job_slots = asyncio.Semaphore(config.max_running_jobs)
         self.libraries = LibraryManager(config.data_dir / "libraries", self.events,
                                         self.job_types, self.job_slots, self.job_contexts)
+        self.watches = WatchService(self.events, config.max_watches_per_location)
+        self.libraries.before_close.append(self.watches.stop_library)
         self.plugin_manager: PluginManager | None = None
         self.requests = RequestMetrics()  # filled by the socket server's JSON-RPC layer
         self._closed = False
@@ -81,6 +84,7 @@ class Core:
         if self.plugin_manager is not None:
             for ext_id in await self.plugin_manager.list_plugins():
                 await self.resume_extension_jobs(ext_id)
+        await self.watches.start_all(self.libraries.list())
 
     def status(self) -> dict[str, object]:
         return {
@@ -137,6 +141,8 @@ class Core:
         if self._closed:
             return
         self._closed = True
+        # 0. No more live changes: watches stop before the databases close.
+        await self.watches.close()
         # 1. Running jobs are asked to pause at a checkpoint; databases close after.
         await self.libraries.close_all(self.config.shutdown_grace_s)
         # 2. Extensions get plugin_cleanup once no job of theirs runs any more.

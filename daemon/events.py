@@ -97,6 +97,36 @@ class ExtensionFailed(Event, tag="extension.failed"):
     error: str
 
 
+class EntriesEvent(Event, kw_only=True):
+    """Entries the live watcher changed in one batch (``daemon.locations.watch``)."""
+
+    location_id: int
+    entry_ids: list[int]
+
+
+class EntriesCreated(EntriesEvent, tag="entries.created"):
+    pass
+
+
+class EntriesModified(EntriesEvent, tag="entries.modified"):
+    """Size or modification time changed; their cas_id was cleared."""
+
+
+class EntriesMoved(EntriesEvent, tag="entries.moved"):
+    """Renamed or moved inside the location; ids, cas_ids and tags kept (a directory's
+    descendants move with it and are not listed)."""
+
+
+class EntriesRemoved(EntriesEvent, tag="entries.removed"):
+    """Gone from disk (or moved out of the location), with their descendants."""
+
+
+ENTRY_EVENTS: dict[str, type[EntriesEvent]] = {
+    "entries.created": EntriesCreated, "entries.modified": EntriesModified,
+    "entries.moved": EntriesMoved, "entries.removed": EntriesRemoved,
+}
+
+
 class EventsDropped(Event, tag="events.dropped"):
     """Sent to one subscriber: this many events did not fit in its queue."""
 
@@ -106,7 +136,8 @@ class EventsDropped(Event, tag="events.dropped"):
 AnyEvent = (
     LibraryCreated | LibraryDeleted | LibraryUnavailable | JobQueued | JobStarted | JobProgress | JobPaused
     | JobResumed | JobCompleted | JobFailed | JobCancelled | ExtensionLoaded
-    | ExtensionUnloaded | ExtensionFailed | EventsDropped
+    | ExtensionUnloaded | ExtensionFailed | EntriesCreated | EntriesModified | EntriesMoved
+    | EntriesRemoved | EventsDropped
 )
 
 EVENT_KINDS: frozenset[str] = frozenset(

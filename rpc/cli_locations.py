@@ -20,14 +20,16 @@ def location() -> None:
 @click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--name", default=None, help="Display name (default: the directory's name)")
 @click.option("--identify", is_flag=True, help="Also compute content hashes after indexing")
+@click.option("--no-watch", is_flag=True, help="Do not follow changes live (only rescans)")
 @click.option("--wait", is_flag=True, help="Follow the indexing job until it ends")
 @library_option
 @pass_ctx
-def location_add(ctx: Ctx, path: Path, name: str | None, identify: bool, wait: bool,
-                 library: str | None) -> None:
-    """Add PATH as a location and index it."""
+def location_add(ctx: Ctx, path: Path, name: str | None, identify: bool, no_watch: bool,
+                 wait: bool, library: str | None) -> None:
+    """Add PATH as a location, index it and watch it for changes."""
     run_and_maybe_watch(ctx, library, "action:locations.add.input.v1",
-                        {"path": str(path.resolve()), "name": name, "identify": identify}, wait,
+                        {"path": str(path.resolve()), "name": name, "identify": identify,
+                         "watch": not no_watch}, wait,
                         lambda r: click.echo(f"added location {r['location']['id']} "
                                              f"({r['location']['path']}); indexing job {r['job_id']}"))
 
@@ -41,9 +43,26 @@ def location_list(ctx: Ctx, library: str | None) -> None:
         if not rows:
             click.echo("no locations (add one with `sd location add PATH`)")
             return
-        print_table([{**r, "indexed": fmt_time(r["indexed_at"]), "index job": r["index_status"]}
-                for r in rows], ["id", "name", "path", "entries", "indexed", "index job"])
+        print_table([{**r, "indexed": fmt_time(r["indexed_at"]), "index job": r["index_status"],
+                      "watch": r["watch_state"], "last fallback": r["watch_note"]}
+                     for r in rows],
+                    ["id", "name", "path", "entries", "indexed", "index job", "watch",
+                     "last fallback"])
     ctx.out(ctx.lib_call(library, "query:locations.list.v1", {}), human)
+
+
+@location.command("watch")
+@click.argument("location_id", type=int)
+@click.argument("state", type=click.Choice(["on", "off"]))
+@library_option
+@pass_ctx
+def location_watch(ctx: Ctx, location_id: int, state: str, library: str | None) -> None:
+    """Turn live watching of a location on or off (on: rescans what changed meanwhile)."""
+    def human(r: dict[str, Any]) -> None:
+        click.echo(f"location {location_id}: {r['location']['watch_state']}"
+                   + (f"; rescan job {r['job_id']}" if r["job_id"] else ""))
+    ctx.out(ctx.lib_call(library, "action:locations.watch.input.v1",
+                         {"id": location_id, "on": state == "on"}), human)
 
 
 @location.command("rescan")

@@ -210,6 +210,7 @@ sd location identify
 sd location list
 sd location remove
 sd location rescan
+sd location watch
 sd metrics
 sd status
 sd tag apply

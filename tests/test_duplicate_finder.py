@@ -75,7 +75,7 @@ def test_index_find_duplicates_change_rescan_and_find_again(d: Daemon, tmpdir_sh
     d.sd("ext", "install", str(FINDER), check=True)
 
     # Add the location and wait for the index.
-    r = d.sd("--json", "location", "add", str(tree), "--wait", timeout=60)
+    r = d.sd("--json", "location", "add", str(tree), "--no-watch", "--wait", timeout=60)
     assert r.returncode == 0, r.stderr
     info = final(r)
     assert info["status"] == "completed", info
@@ -219,7 +219,7 @@ def _bytes_data(offset: int, raw: bytes) -> str:
 def test_kill9_during_indexing_resumes_and_matches_tree(d: Daemon, tmpdir_short: Path) -> None:
     tree = make_tree(tmpdir_short / "tree")
     lib = d.sd_json("library", "create", "L")["id"]
-    d.sd("location", "add", str(tree), "--wait", check=True)
+    d.sd("location", "add", str(tree), "--no-watch", "--wait", check=True)
     ids = {e["path"]: e["id"] for e in d.sd_json("entries", "ls", "--limit", "0")}
     # Lots of change: new directories of files, a move, a deletion.
     for i in range(30):

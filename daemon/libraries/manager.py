@@ -24,6 +24,7 @@ import shutil
 import sqlite3
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,8 @@ class LibraryManager:
         self._unavailable: dict[str, UnavailableLibrary] = {}
         self._lock = asyncio.Lock()
         self._loop = asyncio.get_running_loop()
+        # Called with a library about to be deleted, before its jobs stop and its db closes.
+        self.before_close: list[Callable[[Library], Awaitable[None]]] = []
 
     async def load_all(self) -> None:
         """Open every library under the root (after a restart); isolate those that fail."""
@@ -242,6 +245,8 @@ class LibraryManager:
             else:
                 lib = self.get(library_id)
                 del self._libraries[library_id]
+                for callback in self.before_close:
+                    await callback(lib)
                 await lib.jobs.shutdown(grace=2.0)
                 await lib.db.close()
                 await asyncio.to_thread(shutil.rmtree, lib.path)
@@ -285,6 +290,8 @@ class LibraryManager:
             return
         del self._libraries[lib.id]
         self._mark_unavailable(lib.id, lib.path, reason, lib.name, lib.created_at)
+        for callback in self.before_close:
+            await callback(lib)
         await lib.jobs.shutdown(grace=1.0)
         await lib.db.close()
 

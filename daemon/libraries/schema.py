@@ -142,4 +142,8 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER entries_delete_drops_listing AFTER DELETE ON entries BEGIN DELETE FROM dir_listings WHERE location_id = OLD.location_id AND path = OLD.parent; END;
     CREATE TRIGGER entries_update_drops_listing AFTER UPDATE OF location_id, path, parent, name, kind, size, mtime_ns, dev, inode, missing ON entries BEGIN DELETE FROM dir_listings WHERE location_id = OLD.location_id AND path = OLD.parent; DELETE FROM dir_listings WHERE location_id = NEW.location_id AND path = NEW.parent; END
     """,
+    # 6: live watching per location (on unless added with --no-watch).
+    """
+    ALTER TABLE locations ADD COLUMN watch INTEGER NOT NULL DEFAULT 1
+    """,
 ]

@@ -61,12 +61,17 @@ class IndexInput(msgspec.Struct, forbid_unknown_fields=True):
     # Sleep after each committed batch: keeps a background rescan gentle on a busy disk
     # (tests use it to stop the daemon mid-walk deterministically).
     throttle_ms: int = 0
+    # Why this run was started when it was not asked for (the live watcher's fallback after a
+    # queue overflow or the watch limit); becomes the job's first warning.
+    reason: str = ""
 
     def validate(self) -> None:
         if not 1 <= self.batch_size <= 100_000:
             raise errors.InvalidParams("batch_size must be between 1 and 100000")
         if not 0 <= self.throttle_ms <= 10_000:
             raise errors.InvalidParams("throttle_ms must be between 0 and 10000")
+        if len(self.reason) > 1000:
+            raise errors.InvalidParams("reason must be at most 1000 characters")
 
 
 # A directory entry as listed: (name, kind, size, mtime_ns, dev, inode, extension).
@@ -121,6 +126,8 @@ def index_job(ctx: JobContext, inp: IndexInput) -> dict[str, Any]:
         raise errors.InvalidState(f"indexer job {others[0]} is already running for location "
                                   f"{inp.location_id}")
     db.run_sync(lambda c: store.set_index_job(c, inp.location_id, ctx.job_id))
+    if inp.reason and not ctx.resumed:
+        ctx.add_warning(inp.reason)
     state: dict[str, Any] = dict(ctx.state or {})
     if not state:
         existing = db.run_sync(lambda c: store.get_location(c, inp.location_id).entries)
@@ -244,78 +251,84 @@ class Walker:
             time.sleep(self.inp.throttle_ms / 1000)
 
     def list_dir(self, rel: str) -> Listing:
-        path = join(self.root, rel) if rel else self.root
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as e:
-            if not rel:
-                raise errors.InvalidState(
-                    f"location root {self.root} cannot be opened ({e.strerror}); is it "
-                    f"unmounted? The index is left as it was") from None
-            if e.errno in _GONE_ERRNOS:
-                return GONE
-            self.ctx.add_warning(f"cannot read directory {rel}: {e.strerror}")
-            return None
-        children: list[Child] = []
-        add = children.append
-        failed = 0
-        try:
-            with os.scandir(fd) as it:
-                for de in it:
-                    name = de.name
-                    if not name.isascii() and not _utf8(name):
-                        self.ctx.add_warning(f"skipped a name that is not UTF-8 in {rel or '.'}: "
-                                             f"{name.encode('utf-8', 'backslashreplace')!r}")
-                        continue
-                    try:
-                        st = de.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
-                    except OSError:
-                        failed += 1
-                        continue
-                    fmt = st.st_mode & _S_IFMT
-                    if fmt == _S_IFREG:
-                        dot = name.rfind(".")
-                        add((name, "file", st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino,
-                             name[dot + 1:].lower() if dot > 0 else ""))
-                        continue
-                    if fmt == _S_IFDIR:
-                        kind, size = "dir", 0
-                        self.stack.append(join(rel, name))
-                    elif fmt == _S_IFLNK:
-                        kind, size = "symlink", st.st_size
-                        self.check_link(rel, name)
-                    else:
-                        kind, size = "other", st.st_size
-                    add((name, kind, size, st.st_mtime_ns, st.st_dev, st.st_ino, ""))
-        except OSError as e:
-            self.ctx.add_warning(f"cannot read directory {rel or '.'}: {e.strerror}")
-            return None
-        finally:
-            os.close(fd)
-        if failed:
-            # Names we could list but not stat: keep the directory's stored children.
-            self.ctx.add_warning(f"cannot read directory {rel or '.'}: {failed} entries "
-                                 f"could not be examined")
-            return None
-        return children
+        return list_directory(self.root, rel, self.ctx.add_warning, self.stack)
 
-    def check_link(self, rel: str, name: str) -> None:
-        """Warn about a link that would loop if followed (it never is)."""
-        link = join(self.root, join(rel, name))
-        try:
-            os.stat(link)
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                self.ctx.add_warning(f"symlink loop at {join(rel, name)} (a cycle of links; "
-                                     f"not followed)")
-            return
-        target = os.path.realpath(link)
-        here = join(self.root, rel) if rel else self.root
-        if here == target or here.startswith(target.rstrip("/") + "/"):
-            self.ctx.add_warning(f"symlink loop at {join(rel, name)} -> {os.readlink(link)} "
-                                 f"(points at its own ancestor; not followed)")
+
+def list_directory(root: str, rel: str, warn: Callable[[str], None],
+                   subdirs: list[str]) -> Listing:
+    """One directory's children (never following a link); its subdirectories' relative
+    paths are appended to ``subdirs``. Also used by the live watcher (``locations.live``)."""
+    path = join(root, rel) if rel else root
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if not rel:
+            raise errors.InvalidState(
+                f"location root {root} cannot be opened ({e.strerror}); is it "
+                f"unmounted? The index is left as it was") from None
+        if e.errno in _GONE_ERRNOS:
+            return GONE
+        warn(f"cannot read directory {rel}: {e.strerror}")
+        return None
+    children: list[Child] = []
+    add = children.append
+    failed = 0
+    try:
+        with os.scandir(fd) as it:
+            for de in it:
+                name = de.name
+                if not name.isascii() and not _utf8(name):
+                    warn(f"skipped a name that is not UTF-8 in {rel or '.'}: "
+                         f"{name.encode('utf-8', 'backslashreplace')!r}")
+                    continue
+                try:
+                    st = de.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    failed += 1
+                    continue
+                fmt = st.st_mode & _S_IFMT
+                if fmt == _S_IFREG:
+                    dot = name.rfind(".")
+                    add((name, "file", st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino,
+                         name[dot + 1:].lower() if dot > 0 else ""))
+                    continue
+                if fmt == _S_IFDIR:
+                    kind, size = "dir", 0
+                    subdirs.append(join(rel, name))
+                elif fmt == _S_IFLNK:
+                    kind, size = "symlink", st.st_size
+                    check_link(root, rel, name, warn)
+                else:
+                    kind, size = "other", st.st_size
+                add((name, kind, size, st.st_mtime_ns, st.st_dev, st.st_ino, ""))
+    except OSError as e:
+        warn(f"cannot read directory {rel or '.'}: {e.strerror}")
+        return None
+    finally:
+        os.close(fd)
+    if failed:
+        # Names we could list but not stat: keep the directory's stored children.
+        warn(f"cannot read directory {rel or '.'}: {failed} entries could not be examined")
+        return None
+    return children
+
+
+def check_link(root: str, rel: str, name: str, warn: Callable[[str], None]) -> None:
+    """Warn about a link that would loop if followed (it never is)."""
+    link = join(root, join(rel, name))
+    try:
+        os.stat(link)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            warn(f"symlink loop at {join(rel, name)} (a cycle of links; not followed)")
+        return
+    target = os.path.realpath(link)
+    here = join(root, rel) if rel else root
+    if here == target or here.startswith(target.rstrip("/") + "/"):
+        warn(f"symlink loop at {join(rel, name)} -> {os.readlink(link)} "
+             f"(points at its own ancestor; not followed)")
 
 
 def _utf8(name: str) -> bool:

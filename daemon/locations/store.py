@@ -26,6 +26,10 @@ class Location(msgspec.Struct):
     entries: int
     index_job_id: str | None
     index_status: str | None
+    watch: bool = True  # persisted: watch this location for changes
+    # Live state of the watch (daemon.locations.watch): "watching", "off", "fallback: ..."
+    watch_state: str = ""
+    watch_note: str = ""  # the last fallback to a rescan, and why
 
 
 class Entry(msgspec.Struct):
@@ -71,12 +75,12 @@ class EntryPage(msgspec.Struct):
 _LOCATION_SQL = """
     SELECT l.id, l.name, l.path, l.created_at, l.indexed_at,
            (SELECT count(*) FROM entries e WHERE e.location_id = l.id AND e.missing = 0),
-           l.index_job_id, j.status
+           l.index_job_id, j.status, l.watch = 1
     FROM locations l LEFT JOIN jobs j ON j.id = l.index_job_id
 """
 
 
-def insert_location(conn: sqlite3.Connection, path: str, name: str) -> int:
+def insert_location(conn: sqlite3.Connection, path: str, name: str, watch: bool = True) -> int:
     """Add a location; refuses one that equals, contains or is inside an existing one."""
     new = PurePosixPath(path)
     with transaction(conn):
@@ -86,21 +90,27 @@ def insert_location(conn: sqlite3.Connection, path: str, name: str) -> int:
                 raise errors.InvalidState(
                     f"{path} overlaps location {loc_id} ({other}); locations may not nest",
                     {"location_id": loc_id, "path": other})
-        cur = conn.execute("INSERT INTO locations (path, name, created_at) VALUES (?, ?, ?)",
-                           (path, name, time.time()))
+        cur = conn.execute("INSERT INTO locations (path, name, created_at, watch) "
+                           "VALUES (?, ?, ?, ?)", (path, name, time.time(), int(watch)))
     assert cur.lastrowid is not None
     return cur.lastrowid
 
 
 def list_locations(conn: sqlite3.Connection) -> list[Location]:
-    return [Location(*r) for r in conn.execute(_LOCATION_SQL + " ORDER BY l.id")]
+    return [_location(r) for r in conn.execute(_LOCATION_SQL + " ORDER BY l.id")]
+
+
+def _location(r: tuple[Any, ...]) -> Location:
+    loc = Location(*r[:-1])
+    loc.watch = bool(r[-1])
+    return loc
 
 
 def get_location(conn: sqlite3.Connection, location_id: int) -> Location:
     r = conn.execute(_LOCATION_SQL + " WHERE l.id = ?", (location_id,)).fetchone()
     if r is None:
         raise errors.NotFound(f"no location {location_id}", {"location_id": location_id})
-    return Location(*r)
+    return _location(r)
 
 
 def location_root(conn: sqlite3.Connection, location_id: int) -> str:
@@ -112,6 +122,17 @@ def location_root(conn: sqlite3.Connection, location_id: int) -> str:
 
 def require_location(conn: sqlite3.Connection, location_id: int) -> None:
     location_root(conn, location_id)
+
+
+def set_watch(conn: sqlite3.Connection, location_id: int, on: bool) -> None:
+    require_location(conn, location_id)
+    conn.execute("UPDATE locations SET watch = ? WHERE id = ?", (int(on), location_id))
+
+
+def watched_locations(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+    """(id, root) of every location to watch."""
+    return [(int(i), str(p)) for i, p in conn.execute(
+        "SELECT id, path FROM locations WHERE watch = 1 ORDER BY id")]
 
 
 def set_index_job(conn: sqlite3.Connection, location_id: int, job_id: str) -> None:

@@ -11,6 +11,7 @@ import msgspec
 
 from daemon import errors
 from daemon.locations import IDENTIFY_JOB, INDEX_JOB, store
+from daemon.locations.watch import request_rescan
 from rpc.registry import OPERATIONS, Empty, OpContext
 
 if TYPE_CHECKING:
@@ -21,10 +22,16 @@ class AddLocation(msgspec.Struct, forbid_unknown_fields=True):
     path: str
     name: str | None = None
     identify: bool = False  # also compute content hashes after indexing
+    watch: bool = True  # keep the index in step with the disk (inotify)
 
 
 class LocationId(msgspec.Struct, forbid_unknown_fields=True):
     id: int
+
+
+class Watch(msgspec.Struct, forbid_unknown_fields=True):
+    id: int
+    on: bool
 
 
 class Rescan(msgspec.Struct, forbid_unknown_fields=True):
@@ -71,15 +78,39 @@ async def add(ctx: OpContext, inp: AddLocation) -> Added:
     lib = ctx.need_library()
     path = await asyncio.to_thread(_resolve, inp.path)
     name = (inp.name or os.path.basename(path) or path).strip() or path
-    loc_id = await lib.db.run(lambda c: store.insert_location(c, path, name))
+    loc_id = await lib.db.run(lambda c: store.insert_location(c, path, name, inp.watch))
+    if inp.watch:
+        # Watched before the first walk, so nothing created during it is missed.
+        await ctx.core.watches.start(lib, loc_id)
     job_id = await _dispatch_index(lib, loc_id, inp.identify)
-    return Added(await lib.db.run(lambda c: store.get_location(c, loc_id)), job_id)
+    return Added(await _described(ctx, lib, loc_id), job_id)
+
+
+async def _described(ctx: OpContext, lib: Library, location_id: int) -> store.Location:
+    loc = await lib.db.run(lambda c: store.get_location(c, location_id))
+    return ctx.core.watches.describe(lib.id, loc)
 
 
 @OPERATIONS.register("query:locations.list.v1", Empty, library=True)
 async def list_locations(ctx: OpContext, _: Empty) -> list[store.Location]:
-    """Every location with its entry count and indexer state."""
-    return await ctx.need_library().db.run(store.list_locations)
+    """Every location with its entry count, indexer state and watch state."""
+    lib = ctx.need_library()
+    return [ctx.core.watches.describe(lib.id, loc)
+            for loc in await lib.db.run(store.list_locations)]
+
+
+@OPERATIONS.register("action:locations.watch.input.v1", Watch, library=True)
+async def watch(ctx: OpContext, inp: Watch) -> dict[str, Any]:
+    """Turn watching of a location on (watch, then rescan what changed meanwhile) or off."""
+    lib = ctx.need_library()
+    await lib.db.run(lambda c: store.set_watch(c, inp.id, inp.on))
+    job_id = None
+    if inp.on:
+        await ctx.core.watches.start(lib, inp.id)
+        job_id = await request_rescan(lib, inp.id)
+    else:
+        await ctx.core.watches.stop(lib.id, inp.id)
+    return {"location": await _described(ctx, lib, inp.id), "job_id": job_id}
 
 
 @OPERATIONS.register("action:locations.rescan.input.v1", Rescan, library=True)
@@ -96,6 +127,7 @@ async def rescan(ctx: OpContext, inp: Rescan) -> Rescanned:
 async def remove(ctx: OpContext, inp: LocationId) -> dict[str, Any]:
     """Forget a location: its indexer job is cancelled, its entries and their tags deleted."""
     lib = ctx.need_library()
+    await ctx.core.watches.stop(lib.id, inp.id)
     for job_id in await lib.db.run(lambda c: _active(c, inp.id, (INDEX_JOB, IDENTIFY_JOB))):
         try:
             await lib.jobs.cancel(job_id)

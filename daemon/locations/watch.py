@@ -1,0 +1,448 @@
+"""Live watching of locations: inotify (asyncinotify) on the event loop, batched changes.
+
+One ``LocationWatcher`` per watched location: one inotify instance with a watch per
+directory, read on the event loop (no thread, no timer while nothing changes). An
+event only marks its directory dirty; a batch is cut 50 ms after the last event or
+250 ms after its first, whichever comes first, and applied by ``live`` (the
+indexer's diff of those directories), then announced as ``entries.*`` events.
+
+Directory moves inside the location are followed by their inotify cookies (the
+watches keep their descriptors; their paths are renamed); a directory that appears
+(created, or moved in from outside) is watched and then listed, so nothing created
+in it in between is missed.
+
+While an indexer job is active for the location (its first index, a rescan), the
+dirty directories wait and are applied when it ends, so the two never interleave.
+
+Falling back: when the kernel's queue overflows (events were lost), the watches are
+set up afresh and an incremental rescan is dispatched with that reason as its first
+job warning; when the watch limit is reached (``fs.inotify.max_user_watches``, or the
+daemon's ``max_watches_per_location``), the directories that could be watched stay
+live, a rescan is dispatched the same way, and again every ``LIMITED_RESCAN_S``.
+``sd location list`` shows each location's state and the last fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from asyncinotify import Event as InotifyEvent
+from asyncinotify import Inotify, Mask, Watch
+
+from daemon.events import (
+    EntriesCreated,
+    EntriesModified,
+    EntriesMoved,
+    EntriesRemoved,
+    EventBus,
+    JobEvent,
+)
+from daemon.locations import INDEX_JOB, live, store
+from daemon.locations.fs import join
+
+if TYPE_CHECKING:
+    from daemon.libraries.manager import Library
+
+log = logging.getLogger("sd.watch")
+
+QUIET_S = 0.05  # a batch is cut this long after the last event ...
+MAX_WAIT_S = 0.25  # ... or this long after its first one
+LIMITED_RESCAN_S = 300.0
+READ_CACHE = 1024  # events (of the longest name) read per syscall
+_MASK = (Mask.CREATE | Mask.DELETE | Mask.MODIFY | Mask.ATTRIB | Mask.CLOSE_WRITE
+         | Mask.MOVED_FROM | Mask.MOVED_TO | Mask.DELETE_SELF | Mask.MOVE_SELF
+         | Mask.ONLYDIR | Mask.DONT_FOLLOW | Mask.EXCL_UNLINK)
+_JOB_ENDS = ("job.completed", "job.failed", "job.cancelled", "job.paused")
+OVERFLOW_REASON = ("the kernel's inotify queue overflowed (fs.inotify.max_queued_events): "
+                   "changes were lost, so the location is rescanned")
+
+
+def _max_user_watches() -> str:
+    try:
+        with open("/proc/sys/fs/inotify/max_user_watches") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+async def request_rescan(lib: Library, location_id: int, reason: str = "") -> str | None:
+    """Dispatch an incremental rescan unless an indexer job is already active for the
+    location; returns the new job's id, or None."""
+    active = await lib.db.run(lambda c: store.active_jobs(c, location_id, (INDEX_JOB,)))
+    if active:
+        return None
+    job_id = await lib.jobs.dispatch_by_name(INDEX_JOB, {"location_id": location_id,
+                                                         "reason": reason})
+    await lib.db.run(lambda c: store.set_index_job(c, location_id, job_id))
+    return job_id
+
+
+class LocationWatcher:
+    """The watches of one location and its pending changes."""
+
+    def __init__(self, bus: EventBus, lib: Library, location_id: int, root: str,
+                 max_watches: int) -> None:
+        self.bus, self.lib, self.location_id, self.root = bus, lib, location_id, root
+        self.max_watches = max_watches
+        self.ino: Inotify | None = None
+        self.wd_path: dict[int, str] = {}
+        self.path_wd: dict[str, int] = {}
+        self.watches: dict[int, Watch] = {}
+        self.dirty: set[str] = set()
+        self.moves_from: dict[int, str] = {}  # cookie -> old path of a directory moved away
+        self.overflowed = False
+        self.limited: str | None = None  # why not every directory is watched
+        self.fallback_job: str | None = None
+        self.note = ""
+        self.stopped: str | None = None
+        self.batches = 0
+        self._first = self._last = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self._again = False
+
+    # --- state ---------------------------------------------------------------------------
+    def state(self) -> str:
+        if self.stopped:
+            return f"stopped: {self.stopped}"
+        if self.fallback_job:
+            return f"rescanning (job {self.fallback_job}): " + (self.limited or "queue overflow")
+        if self.limited:
+            return f"limited: {self.limited}"
+        return "watching"
+
+    # --- set-up and tear-down ---------------------------------------------------------------
+    async def start(self) -> None:
+        """Watch every directory of the location (the walk runs off the loop)."""
+        await self._close_inotify()
+        self.ino = Inotify(cache_size=READ_CACHE)
+        self.wd_path.clear()
+        self.path_wd.clear()
+        self.watches.clear()
+        self._reader = asyncio.create_task(self._read(self.ino),
+                                           name=f"watch-{self.location_id}")
+        dirs = await asyncio.to_thread(live.walk_dirs, self.root)
+        self.limited = None
+        for i, rel in enumerate(dirs):
+            self._add_watch(rel)
+            if i % 500 == 499:
+                await asyncio.sleep(0)
+        if self.limited:
+            self.limited += f": {len(self.path_wd)} of {len(dirs)} directories watched"
+        log.info("location %d: %d directories watched%s", self.location_id, len(self.path_wd),
+                 f" ({self.limited})" if self.limited else "")
+
+    async def stop(self) -> None:
+        for handle in (self._timer, self._retry):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._retry = None
+        if self._flusher is not None:
+            await _cancel(self._flusher)
+            self._flusher = None
+        await self._close_inotify()
+
+    async def _close_inotify(self) -> None:
+        if self._reader is not None:
+            await _cancel(self._reader)
+            self._reader = None
+        if self.ino is not None:
+            self.ino.close()
+            self.ino = None
+
+    def _add_watch(self, rel: str) -> bool:
+        assert self.ino is not None
+        if self.max_watches and len(self.path_wd) >= self.max_watches:
+            self._limit(f"the daemon's max_watches_per_location ({self.max_watches}) is reached")
+            return False
+        try:
+            w = self.ino.add_watch(join(self.root, rel) if rel else self.root, _MASK)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                self._limit("the inotify watch limit is reached (fs.inotify.max_user_watches = "
+                            f"{_max_user_watches()})")
+            elif e.errno not in (errno.ENOENT, errno.ENOTDIR):
+                log.warning("location %d: cannot watch %s: %s", self.location_id, rel or ".",
+                            e.strerror)
+            return False
+        old = self.wd_path.get(w.wd)
+        if old is not None and self.path_wd.get(old) == w.wd:
+            del self.path_wd[old]
+        self.wd_path[w.wd] = rel
+        self.path_wd[rel] = w.wd
+        self.watches[w.wd] = w
+        return True
+
+    def _limit(self, why: str) -> None:
+        if self.limited is None:
+            self.limited = why
+            log.warning("location %d: %s; falling back to rescans every %.0f s",
+                        self.location_id, why, LIMITED_RESCAN_S)
+            self._wake(now=True)
+
+    def _forget(self, rel: str) -> None:
+        """Stop watching ``rel`` and everything below it (it left the location)."""
+        prefix = rel + "/"
+        for path in [p for p in self.path_wd if p == rel or p.startswith(prefix)]:
+            wd = self.path_wd.pop(path)
+            self.wd_path.pop(wd, None)
+            watch = self.watches.pop(wd, None)
+            if self.ino is not None and watch is not None:
+                try:
+                    self.ino.rm_watch(watch)
+                except OSError:
+                    pass  # already gone with its directory
+
+    def _rename(self, old: str, new: str) -> None:
+        prefix = old + "/"
+        for path in [p for p in self.path_wd if p == old or p.startswith(prefix)]:
+            wd = self.path_wd.pop(path)
+            moved = new + path[len(old):]
+            self.path_wd[moved] = wd
+            self.wd_path[wd] = moved
+
+    # --- events ----------------------------------------------------------------------------------
+    async def _read(self, ino: Inotify) -> None:
+        while True:
+            self._on_event(await ino.get())
+
+    def _on_event(self, ev: InotifyEvent) -> None:
+        mask = ev.mask
+        if mask & Mask.Q_OVERFLOW:
+            if not self.overflowed:
+                log.warning("location %d: inotify queue overflow", self.location_id)
+            self.overflowed = True
+            self._wake(now=True)
+            return
+        watch = ev.watch
+        rel = None if watch is None else self.wd_path.get(watch.wd)
+        if rel is None:
+            return
+        if mask & Mask.IGNORED:
+            assert watch is not None
+            self.wd_path.pop(watch.wd, None)
+            self.watches.pop(watch.wd, None)
+            if self.path_wd.get(rel) == watch.wd:
+                del self.path_wd[rel]
+            return
+        if ev.name is None:
+            if not rel and mask & (Mask.DELETE_SELF | Mask.MOVE_SELF):
+                self.stopped = f"the location's root {self.root} was moved or deleted"
+                log.warning("location %d: %s", self.location_id, self.stopped)
+            return
+        child = join(rel, str(ev.name))
+        self.dirty.add(rel)
+        if mask & Mask.ISDIR:
+            if mask & Mask.MOVED_FROM:
+                self.moves_from[ev.cookie] = child
+            elif mask & Mask.MOVED_TO:
+                old = self.moves_from.pop(ev.cookie, None)
+                if old is not None:
+                    self._rename(old, child)
+        self._wake()
+
+    def _wake(self, now: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        if not self._first:
+            self._first = t
+        self._last = t
+        if now and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None:
+            self._timer = loop.call_later(0 if now else QUIET_S, self._tick)
+
+    def poke(self) -> None:
+        """An indexer job of this library ended: apply what waited for it."""
+        if self.dirty or self.overflowed or self.fallback_job or self.limited:
+            self._wake(now=True)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self._flusher is not None and not self._flusher.done():
+            self._again = True  # the flush in progress looks again when it is done
+            return
+        t = asyncio.get_running_loop().time()
+        due = min(self._last + QUIET_S, self._first + MAX_WAIT_S)
+        if t < due and not self.overflowed:
+            self._timer = asyncio.get_running_loop().call_later(due - t, self._tick)
+            return
+        self._first = self._last = 0.0
+        self._flusher = asyncio.create_task(self._flush(), name=f"watch-flush-{self.location_id}")
+        self._flusher.add_done_callback(self._flushed)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("location %d: applying changes failed: %r", self.location_id, exc)
+        if self.dirty or self.overflowed or self._again:
+            self._again = False
+            self._wake()
+
+    # --- applying a batch -----------------------------------------------------------------------
+    async def _flush(self) -> None:
+        if self.stopped:
+            self.dirty.clear()
+            return
+        active = await self.lib.db.run(
+            lambda c: store.active_jobs(c, self.location_id, (INDEX_JOB,)))
+        if self.fallback_job and self.fallback_job not in active:
+            self.fallback_job = None  # the fallback rescan ended
+        if self.overflowed:
+            self.overflowed = False
+            self.dirty.clear()
+            self.moves_from.clear()
+            await self.start()  # a fresh instance: every descriptor and path right again
+            await self._fall_back(OVERFLOW_REASON, "queue overflow")
+            return
+        if self.limited and self._retry is None:
+            await self._fall_back(f"{self.limited}; changes outside the watched directories "
+                                  f"are found by rescans every {LIMITED_RESCAN_S:.0f} s",
+                                  "watch limit")
+            self._retry = asyncio.get_running_loop().call_later(LIMITED_RESCAN_S, self._rewatch)
+        if active:
+            return  # applied when the indexer job ends (poke)
+        await self._apply()
+
+    async def _fall_back(self, reason: str, short: str) -> None:
+        job_id = await request_rescan(self.lib, self.location_id, reason)
+        self.fallback_job = job_id
+        self.note = (f"{short} at {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                     + (f"rescan job {job_id}" if job_id else "an indexer job was running"))
+        log.warning("location %d: %s", self.location_id, self.note)
+
+    def _rewatch(self) -> None:
+        """In the limited state: try to watch everything again, then rescan."""
+        self._retry = None
+        self.overflowed = True  # the same path as an overflow: fresh watches, a rescan
+        self._wake(now=True)
+
+    async def _apply(self) -> None:
+        for old in self.moves_from.values():
+            self._forget(old)  # moved out of the location
+        self.moves_from.clear()
+        if not self.dirty:
+            return
+        todo = live.depth_order(self.dirty)
+        self.dirty = set()
+        seen = set(todo)
+        listings: list[live.Listed] = []
+        while todo:
+            listed = await asyncio.to_thread(live.list_dirs, self.root, todo, self._warn)
+            listings.append(listed)
+            # Directories that appeared: watch them first, then list them (parents first).
+            todo = [d for d in listed.subdirs if d not in self.path_wd and d not in seen]
+            for d in todo:
+                self._add_watch(d)
+            seen.update(todo)
+        merged = live.Listed([x for ls in listings for x in ls.listings],
+                             {k: v for ls in listings for k, v in ls.mtimes.items()}, [])
+        changes = await self.lib.db.run(
+            lambda c: live.apply(c, self.location_id, self.root, merged))
+        self.batches += 1
+        self._publish(changes)
+
+    def _warn(self, message: str) -> None:
+        log.warning("location %d: %s", self.location_id, message)
+
+    def _publish(self, changes: live.Changes) -> None:
+        lib_id, loc = self.lib.id, self.location_id
+        for cls, ids in ((EntriesCreated, changes.created), (EntriesModified, changes.modified),
+                         (EntriesMoved, changes.moved), (EntriesRemoved, changes.removed)):
+            if ids:
+                self.bus.publish(cls(library_id=lib_id, location_id=loc, entry_ids=ids))
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    if task is asyncio.current_task():
+        return  # stopping from within (the library was closed under a batch): it ends itself
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception as e:  # noqa: BLE001 - stopping anyway; it was logged by its callback
+        log.debug("watch task ended with %r", e)
+
+
+class WatchService:
+    """Every watched location of every library; owned by the Core."""
+
+    def __init__(self, bus: EventBus, max_watches_per_location: int = 0) -> None:
+        self.bus = bus
+        self.max_watches = max_watches_per_location
+        self._watchers: dict[tuple[str, int], LocationWatcher] = {}
+        self._listener: asyncio.Task[None] | None = None
+
+    async def start_all(self, libraries: list[Library]) -> None:
+        """At daemon start: watch every location that has watching on, then reconcile it
+        with an incremental rescan (whatever changed while the daemon was down)."""
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen(), name="watch-job-ends")
+        for lib in libraries:
+            for loc_id, _ in await lib.db.run(store.watched_locations):
+                try:
+                    await self.start(lib, loc_id)
+                    await request_rescan(lib, loc_id)
+                except Exception as e:  # noqa: BLE001 - one location must not stop the others
+                    log.error("location %d of library %s: cannot watch: %s", loc_id, lib.id, e)
+
+    async def start(self, lib: Library, location_id: int) -> None:
+        if (lib.id, location_id) in self._watchers:
+            return
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen(), name="watch-job-ends")
+        root = await lib.db.run(lambda c: store.location_root(c, location_id))
+        w = LocationWatcher(self.bus, lib, location_id, root, self.max_watches)
+        self._watchers[(lib.id, location_id)] = w
+        try:
+            await w.start()
+        except BaseException:
+            del self._watchers[(lib.id, location_id)]
+            await w.stop()
+            raise
+
+    async def stop(self, library_id: str, location_id: int) -> None:
+        w = self._watchers.pop((library_id, location_id), None)
+        if w is not None:
+            await w.stop()
+
+    async def stop_library(self, lib: Library) -> None:
+        for key in [k for k in self._watchers if k[0] == lib.id]:
+            await self.stop(*key)
+
+    def get(self, library_id: str, location_id: int) -> LocationWatcher | None:
+        return self._watchers.get((library_id, location_id))
+
+    def describe(self, library_id: str, location: store.Location) -> store.Location:
+        w = self.get(library_id, location.id)
+        location.watch_state = "off" if w is None else w.state()
+        location.watch_note = "" if w is None else w.note
+        return location
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            self._listener = None
+        for key in list(self._watchers):
+            await self.stop(*key)
+
+    async def _listen(self) -> None:
+        sub = self.bus.subscribe(_JOB_ENDS)
+        try:
+            while (event := await sub.get()) is not None:
+                if isinstance(event, JobEvent) and event.name == INDEX_JOB:
+                    for (lib_id, _), w in list(self._watchers.items()):
+                        if lib_id == event.library_id:
+                            w.poke()
+        finally:
+            sub.close()
