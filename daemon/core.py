@@ -20,13 +20,14 @@ from typing import IO
 from daemon import __version__, errors
 from daemon.config import DaemonConfig
 from daemon.events import EventBus
-from daemon.extensions.manager import PluginManager
+from daemon.extensions.manager import ExtensionInfo, PluginManager
+from daemon.extensions.triggers import TriggerService
 from daemon.jobs.context import ContextRegistry
 from daemon.jobs.types import JobRegistry, JobType
 from daemon.libraries.manager import LibraryManager
 from daemon.locations import JOB_TYPES as BUILTIN_JOB_TYPES
-from daemon.metrics import RequestMetrics, Snapshot
 from daemon.locations.watch import WatchService
+from daemon.metrics import RequestMetrics, Snapshot
 
 log = logging.getLogger("sd.core")
 
@@ -52,6 +53,7 @@ class Core:
         self.libraries.before_close.append(self.watches.stop_library)
         self.plugin_manager: PluginManager | None = None
         self.requests = RequestMetrics()  # filled by the socket server's JSON-RPC layer
+        self.triggers: TriggerService | None = None
         self._closed = False
         self._jobs_started = False
         self._shutdown_callbacks: list[Callable[[], None]] = []
@@ -76,11 +78,23 @@ class Core:
 
     def attach_plugins(self, plugins: PluginManager) -> None:
         self.plugin_manager = plugins
+        self.triggers = TriggerService(self.events, plugins, self.libraries)
+
+    def extension_info(self, ext_id: str) -> ExtensionInfo:
+        """An extension's info with the live state of its triggers."""
+        if self.plugin_manager is None:
+            raise errors.InvalidState("extensions are not available in this daemon")
+        info = self.plugin_manager.info(ext_id)
+        if self.triggers is not None and info.manifest is not None:
+            info.triggers = self.triggers.describe(ext_id, info.manifest.triggers)
+        return info
 
     async def start_jobs(self) -> None:
         """Recover and start every library's jobs, then those paused for a missing extension."""
         await self.libraries.start_jobs()
         self._jobs_started = True
+        if self.triggers is not None:
+            self.triggers.start()
         if self.plugin_manager is not None:
             for ext_id in await self.plugin_manager.list_plugins():
                 await self.resume_extension_jobs(ext_id)
@@ -141,8 +155,10 @@ class Core:
         if self._closed:
             return
         self._closed = True
-        # 0. No more live changes: watches stop before the databases close.
+        # 0. No more live changes: watches and triggers stop before the databases close.
         await self.watches.close()
+        if self.triggers is not None:
+            await self.triggers.close()
         # 1. Running jobs are asked to pause at a checkpoint; databases close after.
         await self.libraries.close_all(self.config.shutdown_grace_s)
         # 2. Extensions get plugin_cleanup once no job of theirs runs any more.

@@ -103,8 +103,35 @@ def ext_list(ctx: Ctx) -> None:
 @click.argument("ext_id")
 @pass_ctx
 def ext_info(ctx: Ctx, ext_id: str) -> None:
-    """Show an extension's manifest, jobs and state."""
-    ctx.out(ctx.call("query:extensions.info.v1", {"id": ext_id}), print_kv)
+    """Show an extension's manifest, jobs, triggers and state."""
+    def human(r: dict[str, Any]) -> None:
+        print_kv({k: v for k, v in r.items() if k != "triggers"})
+        click.echo("triggers:")
+        _triggers(r)
+    ctx.out(ctx.call("query:extensions.info.v1", {"id": ext_id}), human)
+
+
+def _triggers(r: dict[str, Any]) -> None:
+    triggers = r.get("triggers") or []
+    if not triggers:
+        click.echo(f"{r['id']} declares no triggers")
+        return
+    print_table([{"on": t["on"], "job": t["job"], "debounce ms": t["debounce_ms"],
+                  "state": "paused" if t["paused"] else "active", "pending": t["pending"],
+                  "running": ", ".join(t["running_jobs"]), "fired": t["fired"],
+                  "refused": t["refused"], "last error": t["last_error"]} for t in triggers],
+                ["on", "job", "debounce ms", "state", "pending", "running", "fired", "refused",
+                 "last error"])
+
+
+@ext.command("triggers")
+@click.argument("ext_id")
+@click.argument("state", type=click.Choice(["on", "off"]))
+@pass_ctx
+def ext_triggers(ctx: Ctx, ext_id: str, state: str) -> None:
+    """Resume (on) or pause (off) an extension's manifest triggers."""
+    ctx.out(ctx.call("action:extensions.triggers.input.v1", {"id": ext_id, "on": state == "on"}),
+            _triggers)
 
 
 def _lifecycle(verb: str) -> click.Command:

@@ -191,6 +191,7 @@ sd ext new
 sd ext reload
 sd ext stats
 sd ext storage
+sd ext triggers
 sd ext unload
 sd job cancel
 sd job dispatch

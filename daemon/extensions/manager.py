@@ -46,6 +46,7 @@ from daemon.extensions.runtime import (
     job_export_ok,
 )
 from daemon.extensions.stats import StatsBook, StatsView
+from daemon.extensions.triggers import TriggerInfo
 from daemon.jobs.context import ContextRegistry, Interrupt, Interrupted, JobContext
 from daemon.jobs.types import JobRegistry, JobType
 
@@ -80,6 +81,7 @@ class ExtensionInfo(msgspec.Struct):
     load_ms: float | None = None
     from_cache: bool | None = None
     running_jobs: int = 0
+    triggers: list[TriggerInfo] = []  # filled by the trigger service (``Core.extension_info``)
 
 
 @dataclass(eq=False)
@@ -204,6 +206,11 @@ class PluginManager:
                 and not (self.plugin_dir / ext_id / "manifest.json").exists():
             raise errors.NotFound(f"no extension {ext_id!r} is installed")
         return [self.stats.of(ext_id).view(self.stats.started_at)]
+
+    def triggering(self) -> list[tuple[str, Manifest, ExtensionPolicy]]:
+        """Loaded extensions that declare triggers, with their policy."""
+        return [(ext_id, p.manifest, p.policy) for ext_id, p in self._plugins.items()
+                if p.state == "loaded" and p.manifest.triggers and p.policy is not None]
 
     def job_export(self, ext_id: str, job_name: str) -> str:
         """The export of a job an extension registered, by the job's registered name."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -44,6 +44,21 @@ class Permissions(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_memory_mb: int = 64
 
 
+TriggerKind = Literal["entries.created", "entries.modified", "entries.moved", "entries.removed"]
+MAX_TRIGGERS = 16
+
+
+class Trigger(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Dispatch ``job`` with the entry ids of ``on`` events (``daemon.extensions.triggers``)."""
+
+    on: TriggerKind
+    job: str
+    debounce_ms: int = 1000
+    # Merged into the job's state, beside "trigger" and "entry_ids".
+    state: dict[str, Any] = msgspec.field(default_factory=dict)
+    max_entries: int = 10_000  # entry ids per job; the rest go to the next one
+
+
 class Manifest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     id: str
     name: str
@@ -52,6 +67,7 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     author: str
     wasm_file: str
     permissions: Permissions = Permissions()
+    triggers: list[Trigger] = []
 
     def validate(self) -> None:
         """The rules of guest-sdk/ABI.md §9; the first one broken is the error."""
@@ -74,6 +90,17 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
                 f"directory (no '/', not starting with '.', at most {MAX_WASM_FILE} bytes)")
         if not self.wasm_file.endswith(".wasm"):
             raise ExtensionError(f"wasm_file {self.wasm_file!r} must end in .wasm")
+        if len(self.triggers) > MAX_TRIGGERS:
+            raise ExtensionError(f"at most {MAX_TRIGGERS} triggers")
+        for t in self.triggers:
+            if not t.job:
+                raise ExtensionError("a trigger needs a job name")
+            if not 0 <= t.debounce_ms <= 3_600_000:
+                raise ExtensionError("trigger debounce_ms must be between 0 and 3600000")
+            if not 1 <= t.max_entries <= 100_000:
+                raise ExtensionError("trigger max_entries must be between 1 and 100000")
+            if {"trigger", "entry_ids"} & set(t.state):
+                raise ExtensionError("trigger state may not set 'trigger' or 'entry_ids'")
         p = self.permissions
         if p.max_memory_mb < 1:
             raise ExtensionError("permissions.max_memory_mb must be at least 1")

@@ -40,14 +40,20 @@ class ExtensionPolicy:
         if library_id is not None and self.libraries is not None and library_id not in self.libraries:
             raise errors.PermissionDenied(
                 f"extension {self.extension_id} has no access to library {library_id}")
+        if not self.take_request():
+            raise errors.RateLimited(
+                f"extension {self.extension_id} exceeded {self.rate * 60:.0f} requests per minute")
+
+    def take_request(self) -> bool:
+        """Take one request from the rate (calls, trigger dispatches); False: none left."""
         with self._lock:
             now = time.monotonic()
             self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
             self._last = now
             if self._tokens < 1.0:
-                raise errors.RateLimited(
-                    f"extension {self.extension_id} exceeded {self.rate * 60:.0f} requests per minute")
+                return False
             self._tokens -= 1.0
+            return True
 
     def _check_grant(self, op: OperationSpec) -> None:
         """Refuse an operation the manifest does not grant; remember one it does."""

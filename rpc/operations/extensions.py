@@ -21,6 +21,11 @@ class StatsInput(msgspec.Struct, forbid_unknown_fields=True):
     id: str | None = None  # one extension; None: every extension with figures
 
 
+class Triggers(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    on: bool
+
+
 class Install(msgspec.Struct, forbid_unknown_fields=True):
     path: str
 
@@ -43,13 +48,13 @@ async def list_extensions(ctx: OpContext, _: Empty) -> list[ExtensionInfo]:
     """Installed extensions and their state."""
     pm = _pm(ctx)
     ids = sorted(set(pm.installed()) | set(await pm.list_plugins()))
-    return [pm.info(i) for i in ids]
+    return [ctx.core.extension_info(i) for i in ids]
 
 
 @OPERATIONS.register("query:extensions.info.v1", ExtensionId, callers=CLIENTS_ONLY)
 def info(ctx: OpContext, inp: ExtensionId) -> ExtensionInfo:
     """One extension: manifest, registered jobs, state."""
-    return _pm(ctx).info(inp.id)
+    return ctx.core.extension_info(inp.id)
 
 
 @OPERATIONS.register("query:extensions.stats.v1", StatsInput, callers=CLIENTS_ONLY)
@@ -62,14 +67,14 @@ def stats(ctx: OpContext, inp: StatsInput) -> list[StatsView]:
 async def install(ctx: OpContext, inp: Install) -> ExtensionInfo:
     """Validate an extension directory (or .wasm with a manifest beside it), copy it in, load it."""
     manifest = await _pm(ctx).install(Path(inp.path).expanduser())
-    return _pm(ctx).info(manifest.id)
+    return ctx.core.extension_info(manifest.id)
 
 
 @OPERATIONS.register("action:extensions.load.input.v1", ExtensionId, callers=CLIENTS_ONLY)
 async def load(ctx: OpContext, inp: ExtensionId) -> ExtensionInfo:
     """Load an installed extension."""
     await _pm(ctx).load_plugin(inp.id)
-    return _pm(ctx).info(inp.id)
+    return ctx.core.extension_info(inp.id)
 
 
 @OPERATIONS.register("action:extensions.unload.input.v1", ExtensionId, callers=CLIENTS_ONLY)
@@ -83,7 +88,17 @@ async def unload(ctx: OpContext, inp: ExtensionId) -> dict[str, str]:
 async def reload(ctx: OpContext, inp: ExtensionId) -> ExtensionInfo:
     """Unload and load again (picks up a changed module)."""
     await _pm(ctx).reload_plugin(inp.id)
-    return _pm(ctx).info(inp.id)
+    return ctx.core.extension_info(inp.id)
+
+
+@OPERATIONS.register("action:extensions.triggers.input.v1", Triggers, callers=CLIENTS_ONLY)
+def triggers(ctx: OpContext, inp: Triggers) -> ExtensionInfo:
+    """Pause (``on: false``) or resume an extension's manifest triggers."""
+    info = ctx.core.extension_info(inp.id)
+    if ctx.core.triggers is None:
+        raise errors.InvalidState("extensions are not available in this daemon")
+    ctx.core.triggers.set_paused(info.id, not inp.on)
+    return ctx.core.extension_info(inp.id)
 
 
 @OPERATIONS.register("action:extensions.run_job.input.v1", RunJob, library=True,

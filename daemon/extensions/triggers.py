@@ -1,0 +1,251 @@
+"""Manifest triggers: an extension's job dispatched when entries change.
+
+A manifest's ``triggers`` (``manifest.Trigger``) name an ``entries.*`` event kind
+and a job the extension registered. The host collects the entry ids of matching
+events per trigger and library, and once ``debounce_ms`` has passed without a new
+one (at most ten debounce periods after the first), dispatches the job with
+``{..trigger's state, "trigger": kind, "entry_ids": [...]}`` as its state. One job
+at a time per trigger and library: ids that arrive while it is queued or running
+wait and go, together, into the next job when it ends (bursts coalesce). At most
+``max_entries`` ids per job; the rest go to the next one.
+
+Limits are the extension's own: a library the manifest does not grant is refused
+(counted and shown by ``sd ext info``), each dispatch takes one request from the
+extension's rate (``requests_per_minute``; a refused dispatch is retried a second
+later), and the job runs under its concurrency gate like any of its jobs.
+Triggers can be paused per extension (remembered across restarts); events while
+paused are counted and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from daemon import errors
+from daemon.events import ENTRY_EVENTS, EntriesEvent, EventBus, JobEvent
+from daemon.extensions.manifest import Trigger
+
+if TYPE_CHECKING:
+    from daemon.extensions.manager import PluginManager
+    from daemon.libraries.manager import LibraryManager
+
+log = logging.getLogger("sd.triggers")
+_JOB_ENDS = ("job.completed", "job.failed", "job.cancelled")
+RETRY_S = 1.0
+
+
+class TriggerInfo(msgspec.Struct):
+    """One trigger as ``sd ext info`` shows it (counts since the daemon started)."""
+
+    on: str
+    job: str
+    debounce_ms: int
+    paused: bool
+    pending: int  # entry ids waiting for the next job, every library
+    running_jobs: list[str]
+    fired: int  # jobs dispatched
+    refused: int  # events from libraries the extension may not see
+    ignored: int  # events while paused
+    last_job: str | None = None
+    last_error: str | None = None
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One trigger in one library."""
+
+    ids: dict[int, None] = field(default_factory=dict)  # ordered, unique
+    job_id: str | None = None
+    timer: asyncio.TimerHandle | None = None
+    first: float = 0.0
+
+
+@dataclass(eq=False)
+class _Counts:
+    fired: int = 0
+    refused: int = 0
+    ignored: int = 0
+    last_job: str | None = None
+    last_error: str | None = None
+
+
+class TriggerService:
+    def __init__(self, bus: EventBus, plugins: PluginManager, libraries: LibraryManager) -> None:
+        self._bus = bus
+        self._plugins = plugins
+        self._libraries = libraries
+        self._slots: dict[tuple[str, int, str], _Slot] = {}
+        self._counts: dict[tuple[str, int], _Counts] = {}
+        self._by_job: dict[str, tuple[str, int, str]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._paused_file = plugins.plugin_dir / "triggers-paused.json"
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._listen(), name="triggers")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for slot in self._slots.values():
+            if slot.timer is not None:
+                slot.timer.cancel()
+
+    # --- pausing and reporting ---------------------------------------------------------------
+    def paused(self) -> set[str]:
+        try:
+            return set(msgspec.json.decode(self._paused_file.read_bytes(), type=list[str]))
+        except (FileNotFoundError, msgspec.DecodeError):
+            return set()
+
+    def set_paused(self, ext_id: str, paused: bool) -> None:
+        ids = self.paused()
+        (ids.add if paused else ids.discard)(ext_id)
+        tmp = self._paused_file.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.encode(sorted(ids)))
+        os.replace(tmp, self._paused_file)
+        if paused:
+            for key, slot in self._slots.items():
+                if key[0] == ext_id:
+                    slot.ids.clear()
+        log.info("triggers of %s %s", ext_id, "paused" if paused else "resumed")
+
+    def describe(self, ext_id: str, triggers: list[Trigger]) -> list[TriggerInfo]:
+        paused = ext_id in self.paused()
+        out = []
+        for i, t in enumerate(triggers):
+            c = self._counts.get((ext_id, i), _Counts())
+            slots = [s for k, s in self._slots.items() if k[:2] == (ext_id, i)]
+            out.append(TriggerInfo(
+                t.on, t.job, t.debounce_ms, paused, sum(len(s.ids) for s in slots),
+                [s.job_id for s in slots if s.job_id], c.fired, c.refused, c.ignored,
+                c.last_job, c.last_error))
+        return out
+
+    # --- events ---------------------------------------------------------------------------------
+    async def _listen(self) -> None:
+        sub = self._bus.subscribe([*ENTRY_EVENTS, *_JOB_ENDS])
+        try:
+            while (event := await sub.get()) is not None:
+                try:
+                    if isinstance(event, EntriesEvent):
+                        self._on_entries(event)
+                    elif isinstance(event, JobEvent):
+                        self._on_job_end(event.job_id)
+                except Exception:
+                    log.exception("trigger handling failed for %s", event)
+        finally:
+            sub.close()
+
+    def _on_entries(self, event: EntriesEvent) -> None:
+        kind = event.__struct_config__.tag
+        lib_id = event.library_id
+        if lib_id is None:
+            return
+        paused = None
+        for ext_id, manifest, policy in self._plugins.triggering():
+            for i, t in enumerate(manifest.triggers):
+                if t.on != kind:
+                    continue
+                if paused is None:
+                    paused = self.paused()
+                counts = self._counts.setdefault((ext_id, i), _Counts())
+                if ext_id in paused:
+                    counts.ignored += 1
+                    continue
+                if not policy.allows_library(lib_id):
+                    counts.refused += 1
+                    counts.last_error = (f"refused: extension {ext_id} has no access to "
+                                         f"library {lib_id}")
+                    log.info("trigger %s of %s %s", t.on, ext_id, counts.last_error)
+                    continue
+                slot = self._slots.setdefault((ext_id, i, lib_id), _Slot())
+                slot.ids.update(dict.fromkeys(event.entry_ids))
+                self._arm(ext_id, i, lib_id, slot, t)
+
+    def _arm(self, ext_id: str, i: int, lib_id: str, slot: _Slot, t: Trigger,
+             delay: float | None = None) -> None:
+        if slot.job_id is not None:
+            return  # dispatched when the running job ends
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if slot.timer is not None:
+            slot.timer.cancel()
+        else:
+            slot.first = now
+        if delay is None:
+            debounce = t.debounce_ms / 1000
+            delay = max(0.0, min(debounce, slot.first + 10 * debounce - now))
+        slot.timer = loop.call_later(delay, lambda: asyncio.ensure_future(
+            self._fire(ext_id, i, lib_id)))
+
+    def _on_job_end(self, job_id: str) -> None:
+        key = self._by_job.pop(job_id, None)
+        if key is None:
+            return
+        slot = self._slots.get(key)
+        if slot is None:
+            return
+        slot.job_id = None
+        if slot.ids:
+            trigger = self._trigger(*key[:2])
+            if trigger is not None:
+                self._arm(*key, slot, trigger, delay=0)
+
+    def _trigger(self, ext_id: str, i: int) -> Trigger | None:
+        for eid, manifest, _ in self._plugins.triggering():
+            if eid == ext_id and i < len(manifest.triggers):
+                return manifest.triggers[i]
+        return None
+
+    async def _fire(self, ext_id: str, i: int, lib_id: str) -> None:
+        key = (ext_id, i, lib_id)
+        slot = self._slots.get(key)
+        if slot is None or slot.job_id is not None:
+            return
+        slot.timer = None
+        found = next(((m, p) for eid, m, p in self._plugins.triggering() if eid == ext_id), None)
+        counts = self._counts.setdefault((ext_id, i), _Counts())
+        if found is None or i >= len(found[0].triggers) or ext_id in self.paused():
+            slot.ids.clear()  # unloaded or paused meanwhile
+            return
+        manifest, policy = found
+        t = manifest.triggers[i]
+        if not slot.ids:
+            return
+        if not policy.take_request():
+            counts.last_error = f"rate limited: retrying in {RETRY_S:.0f} s"
+            self._arm(ext_id, i, lib_id, slot, t, delay=RETRY_S)
+            return
+        ids = list(slot.ids)[:t.max_entries]
+        state: dict[str, Any] = {**t.state, "trigger": t.on, "entry_ids": ids}
+        try:
+            export = self._plugins.job_export(ext_id, t.job)
+            lib = self._libraries.get(lib_id)
+            job_id = await lib.jobs.dispatch_by_name("wasm_job", {
+                "extension_id": ext_id, "export_fn": export,
+                "state_json": msgspec.json.encode(state).decode()})
+        except errors.SdError as e:
+            counts.last_error = f"cannot dispatch {t.job}: {e.message}"
+            log.warning("trigger %s of %s: %s", t.on, ext_id, counts.last_error)
+            slot.ids.clear()
+            return
+        for entry_id in ids:
+            del slot.ids[entry_id]
+        slot.job_id = job_id
+        self._by_job[job_id] = key
+        counts.fired += 1
+        counts.last_job = job_id
+        log.info("trigger %s of %s: job %s with %d entries", t.on, ext_id, job_id, len(ids))
