@@ -34,6 +34,7 @@ from bench import (
     load_rows,
     progress_rows,
     socket_rows,
+    watch_rows,
 )
 from bench.common import short_tmpdir
 from bench.report import LABELS, ROW_KEYS, Row, render, write_json
@@ -52,6 +53,7 @@ SIZES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "duplicates": ({"rounds": 5, "unique": 6_000, "groups": 300, "big_pairs": 8},
                    {"rounds": 1, "unique": 1_000, "groups": 50, "big_pairs": 2}),
     "guest_read": ({"rounds": 9}, {"rounds": 1, "size_mb": 20}),
+    "watch_lag": ({"singles": 100, "burst": 10_000}, {"singles": 20, "burst": 1_000}),
     "socket": ({"rounds": 12, "slice_s": 0.5}, {"rounds": 2, "slice_s": 0.3}),
     "progress_events": ({"spread_s": 3.0}, {"spread_s": 1.5}),
 }
@@ -99,6 +101,7 @@ async def _inprocess(tmp: Path, sizes: dict[str, dict[str, Any]], only: set[str]
         ("identify", lambda: hash_rows.run(tmp, **sizes["identify"])),
         ("duplicates", lambda: dupes_rows.run_duplicates(tmp, **sizes["duplicates"])),
         ("guest_read", lambda: dupes_rows.run_guest_read(tmp, **sizes["guest_read"])),
+        ("watch_lag", lambda: watch_rows.run(tmp, **sizes["watch_lag"])),
     ]
     rows = []
     for key, step in steps:

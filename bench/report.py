@@ -20,6 +20,7 @@ ROW_KEYS = (
     "identify",
     "duplicates",
     "guest_read",
+    "watch_lag",
     "idle_rss",
     "progress_events",
 )
@@ -36,6 +37,7 @@ LABELS = {
     "identify": "content hashing (identify) of 20,000 small files",
     "duplicates": "duplicate-finder job on a tree with one-byte traps",
     "guest_read": "guest reads a 100 MB file with entry_read",
+    "watch_lag": "live index lag: single files (p99) and a 10,000-file burst",
     "idle_rss": "idle daemon RSS, bundled extensions loaded",
     "progress_events": "progress events of a job reporting 100,000 times",
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -225,9 +226,13 @@ class EventBus:
         self.disconnected_total = 0
 
     def subscribe(self, kinds: Iterable[str] | None = None,
-                  library_id: str | None = None) -> Subscription:
+                  library_id: str | None = None, *, internal: bool = False) -> Subscription:
+        """``internal``: a listener of the daemon's own that drains its queue on the loop
+        (the watcher, the trigger service): never dropped, never disconnected."""
+        size, limit = (sys.maxsize, sys.maxsize) if internal else (self._queue_size,
+                                                                    self._drop_limit)
         sub = Subscription(self, frozenset(kinds) if kinds is not None else None, library_id,
-                           self._queue_size, self._drop_limit)
+                           size, limit)
         self._subs.append(sub)
         return sub
 

@@ -296,38 +296,41 @@ def test_no_watch_and_watch_on_off(daemon: Daemon, tree: Path, tmpdir_short: Pat
 def test_kill_9_while_files_change_then_the_next_start_reconciles(
         tmpdir_short: Path, tree: Path) -> None:
     d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock").start()
-    lib = d.sd_json("library", "create", "L")["id"]
-    loc = add(d, lib, tree)
-    stop = threading.Event()
-    made = threading.Event()
-
-    def churn() -> None:
-        i = 0
-        while not stop.is_set():
-            (tree / "b" / f"c{i}.txt").write_bytes(b"c")
-            if i % 3 == 0 and i:
-                (tree / "b" / f"c{i // 2}.txt").unlink(missing_ok=True)
-            if i % 7 == 1:
-                os.replace(tree / "b" / f"c{i}.txt", tree / "a" / f"m{i}.txt")
-            i += 1
-            if i == 300:
-                made.set()
-    t = threading.Thread(target=churn)
-    t.start()
     try:
-        assert made.wait(30)
-        d.kill9()
+        lib = d.sd_json("library", "create", "L")["id"]
+        loc = add(d, lib, tree)
+        stop = threading.Event()
+        made = threading.Event()
+
+        def churn() -> None:
+            i = 0
+            while not stop.is_set():
+                (tree / "b" / f"c{i}.txt").write_bytes(b"c")
+                if i % 3 == 0 and i:
+                    (tree / "b" / f"c{i // 2}.txt").unlink(missing_ok=True)
+                if i % 7 == 1:
+                    os.replace(tree / "b" / f"c{i}.txt", tree / "a" / f"m{i}.txt")
+                i += 1
+                if i == 300:
+                    made.set()
+        t = threading.Thread(target=churn)
+        t.start()
+        try:
+            assert made.wait(30)
+            d.kill9()
+        finally:
+            stop.set()
+            t.join()
+        (tree / "while-down.txt").write_bytes(b"d")
+        d.start()
+        settled(d, lib, loc, tree)
+        jobs = [j for j in d.sd_json("job", "list", "--library", lib) if j["name"] == "locations.index"]
+        assert len(jobs) >= 2  # the first index, and the reconciling rescan at start
+        wait_for(lambda: all(j["status"] == "completed" for j in d.sd_json(
+            "job", "list", "--library", lib)), 30, "the rescan to finish")
+        (tree / "after-restart.txt").write_bytes(b"r")
+        settled(d, lib, loc, tree)
+        rescan_finds_nothing(d, lib, loc)
     finally:
-        stop.set()
-        t.join()
-    (tree / "while-down.txt").write_bytes(b"d")
-    d.start()
-    settled(d, lib, loc, tree)
-    jobs = [j for j in d.sd_json("job", "list", "--library", lib) if j["name"] == "locations.index"]
-    assert len(jobs) >= 2  # the first index, and the reconciling rescan at start
-    wait_for(lambda: all(j["status"] == "completed" for j in d.sd_json(
-        "job", "list", "--library", lib)), 30, "the rescan to finish")
-    (tree / "after-restart.txt").write_bytes(b"r")
-    settled(d, lib, loc, tree)
-    rescan_finds_nothing(d, lib, loc)
-    d.stop()
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop()

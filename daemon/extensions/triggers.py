@@ -62,6 +62,7 @@ class _Slot:
 
     ids: dict[int, None] = field(default_factory=dict)  # ordered, unique
     job_id: str | None = None
+    dispatching: bool = False  # between taking the ids and having the job's id
     timer: asyncio.TimerHandle | None = None
     first: float = 0.0
 
@@ -83,6 +84,7 @@ class TriggerService:
         self._slots: dict[tuple[str, int, str], _Slot] = {}
         self._counts: dict[tuple[str, int], _Counts] = {}
         self._by_job: dict[str, tuple[str, int, str]] = {}
+        self._firing: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._paused_file = plugins.plugin_dir / "triggers-paused.json"
 
@@ -136,7 +138,7 @@ class TriggerService:
 
     # --- events ---------------------------------------------------------------------------------
     async def _listen(self) -> None:
-        sub = self._bus.subscribe([*ENTRY_EVENTS, *_JOB_ENDS])
+        sub = self._bus.subscribe([*ENTRY_EVENTS, *_JOB_ENDS], internal=True)
         try:
             while (event := await sub.get()) is not None:
                 try:
@@ -177,7 +179,7 @@ class TriggerService:
 
     def _arm(self, ext_id: str, i: int, lib_id: str, slot: _Slot, t: Trigger,
              delay: float | None = None) -> None:
-        if slot.job_id is not None:
+        if slot.job_id is not None or slot.dispatching:
             return  # dispatched when the running job ends
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -188,8 +190,12 @@ class TriggerService:
         if delay is None:
             debounce = t.debounce_ms / 1000
             delay = max(0.0, min(debounce, slot.first + 10 * debounce - now))
-        slot.timer = loop.call_later(delay, lambda: asyncio.ensure_future(
-            self._fire(ext_id, i, lib_id)))
+        slot.timer = loop.call_later(delay, self._spawn, ext_id, i, lib_id)
+
+    def _spawn(self, ext_id: str, i: int, lib_id: str) -> None:
+        task = asyncio.create_task(self._fire(ext_id, i, lib_id))
+        self._firing.add(task)
+        task.add_done_callback(self._firing.discard)
 
     def _on_job_end(self, job_id: str) -> None:
         key = self._by_job.pop(job_id, None)
@@ -213,7 +219,7 @@ class TriggerService:
     async def _fire(self, ext_id: str, i: int, lib_id: str) -> None:
         key = (ext_id, i, lib_id)
         slot = self._slots.get(key)
-        if slot is None or slot.job_id is not None:
+        if slot is None or slot.job_id is not None or slot.dispatching:
             return
         slot.timer = None
         found = next(((m, p) for eid, m, p in self._plugins.triggering() if eid == ext_id), None)
@@ -231,6 +237,7 @@ class TriggerService:
             return
         ids = list(slot.ids)[:t.max_entries]
         state: dict[str, Any] = {**t.state, "trigger": t.on, "entry_ids": ids}
+        slot.dispatching = True
         try:
             export = self._plugins.job_export(ext_id, t.job)
             lib = self._libraries.get(lib_id)
@@ -242,6 +249,8 @@ class TriggerService:
             log.warning("trigger %s of %s: %s", t.on, ext_id, counts.last_error)
             slot.ids.clear()
             return
+        finally:
+            slot.dispatching = False
         for entry_id in ids:
             del slot.ids[entry_id]
         slot.job_id = job_id

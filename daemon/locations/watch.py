@@ -129,10 +129,14 @@ class LocationWatcher:
                                            name=f"watch-{self.location_id}")
         dirs = await asyncio.to_thread(live.walk_dirs, self.root)
         self.limited = None
+        self.stopped = None
         for i, rel in enumerate(dirs):
             self._add_watch(rel)
             if i % 500 == 499:
                 await asyncio.sleep(0)
+        if "" not in self.path_wd and not self.limited:
+            self.stopped = f"the location's root {self.root} cannot be watched"
+            log.warning("location %d: %s", self.location_id, self.stopped)
         if self.limited:
             self.limited += f": {len(self.path_wd)} of {len(dirs)} directories watched"
         log.info("location %d: %d directories watched%s", self.location_id, len(self.path_wd),
@@ -397,8 +401,10 @@ class WatchService:
                     log.error("location %d of library %s: cannot watch: %s", loc_id, lib.id, e)
 
     async def start(self, lib: Library, location_id: int) -> None:
-        if (lib.id, location_id) in self._watchers:
+        current = self._watchers.get((lib.id, location_id))
+        if current is not None and not current.stopped:
             return
+        await self.stop(lib.id, location_id)  # a stopped one (root gone) starts afresh
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen(), name="watch-job-ends")
         root = await lib.db.run(lambda c: store.location_root(c, location_id))
@@ -437,7 +443,7 @@ class WatchService:
             await self.stop(*key)
 
     async def _listen(self) -> None:
-        sub = self.bus.subscribe(_JOB_ENDS)
+        sub = self.bus.subscribe(_JOB_ENDS, internal=True)
         try:
             while (event := await sub.get()) is not None:
                 if isinstance(event, JobEvent) and event.name == INDEX_JOB:
