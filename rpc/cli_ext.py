@@ -129,7 +129,9 @@ def _triggers(r: dict[str, Any]) -> None:
 @click.argument("state", type=click.Choice(["on", "off"]))
 @pass_ctx
 def ext_triggers(ctx: Ctx, ext_id: str, state: str) -> None:
-    """Resume (on) or pause (off) an extension's manifest triggers."""
+    """Pause (off) or resume (on) an extension's triggers.
+
+    Events that arrive while paused are counted and dropped."""
     ctx.out(ctx.call("action:extensions.triggers.input.v1", {"id": ext_id, "on": state == "on"}),
             _triggers)
 

@@ -57,7 +57,9 @@ def location_list(ctx: Ctx, library: str | None) -> None:
 @library_option
 @pass_ctx
 def location_watch(ctx: Ctx, location_id: int, state: str, library: str | None) -> None:
-    """Turn live watching of a location on or off (on: rescans what changed meanwhile)."""
+    """Turn live watching of a location on or off.
+
+    Turning it on rescans the location (what changed while it was off)."""
     def human(r: dict[str, Any]) -> None:
         click.echo(f"location {location_id}: {r['location']['watch_state']}"
                    + (f"; rescan job {r['job_id']}" if r["job_id"] else ""))

@@ -108,3 +108,49 @@ def test_a_trigger_outside_the_granted_libraries_is_refused(daemon: Daemon,
     assert trigger_jobs(daemon, other, "narrow-ext") == []
     r = daemon.sd("ext", "info", "narrow-ext", check=True)
     assert "refused" in r.stdout and "no access to library" in r.stdout
+
+
+def tagged(d: Daemon, lib: str, tag: str = "duplicate") -> set[str]:
+    try:
+        page = call(d, "query:entries.list.v1", {"tag": tag, "limit": 1000}, lib)
+    except Exception:  # noqa: BLE001 - no such tag yet
+        return set()
+    return {e["path"] for e in page["entries"]}
+
+
+def test_the_duplicate_finder_tags_a_new_copy_as_it_lands(daemon: Daemon,
+                                                          tmpdir_short: Path) -> None:
+    tree = tmpdir_short / "tree"
+    (tree / "docs").mkdir(parents=True)
+    report = b"quarterly report\n" * 1000
+    (tree / "docs" / "report.txt").write_bytes(report)
+    (tree / "docs" / "other.txt").write_bytes(b"x" * len(report))  # same size, other bytes
+    lib = daemon.sd_json("library", "create", "L")["id"]
+    daemon.sd("ext", "install", str(BUILT_EXTENSIONS / "duplicate-finder"), check=True)
+    info = daemon.sd_json("ext", "info", "duplicate-finder")
+    assert [(t["on"], t["job"]) for t in info["triggers"]] == [
+        ("entries.created", "find"), ("entries.modified", "find")]
+    loc = add(daemon, lib, tree)
+    assert tagged(daemon, lib) == set()
+
+    shutil.copy(tree / "docs" / "report.txt", tree / "copy.txt")
+    wait_for(lambda: tagged(daemon, lib) == {"docs/report.txt", "copy.txt"}, 30,
+             lambda: f"the copy tagged (tagged: {tagged(daemon, lib)})")
+    copy_id = index(daemon, lib, loc)["copy.txt"]["id"]
+    jobs = trigger_jobs(daemon, lib, "duplicate-finder")
+    assert any(state_of(j) == {"trigger": "entries.created", "entry_ids": [copy_id]}
+               for j in jobs), [state_of(j) for j in jobs]
+    done = wait_for(lambda: (js := trigger_jobs(daemon, lib, "duplicate-finder")) and all(
+        j["status"] == "completed" for j in js) and js, 30, "the trigger jobs to end")
+    stats = next(j for j in done if state_of(j)["entry_ids"] == [copy_id])["output"]["stats"]
+    assert stats["groups"] == 1 and stats["duplicates"] == 2 and stats["files"] == 1
+
+    # The full mode agrees.
+    r = daemon.sd("--json", "job", "run", "duplicate-finder", "find", "--library", lib,
+                  "--state", json.dumps({"location_id": loc}), "--wait", timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert tagged(daemon, lib) == {"docs/report.txt", "copy.txt"}
+
+    # A copy changed so that it is no longer one loses the tag.
+    (tree / "copy.txt").write_bytes(b"y" * len(report))
+    wait_for(lambda: "copy.txt" not in tagged(daemon, lib), 30, "the changed copy untagged")

@@ -32,6 +32,14 @@
 //! `spin` busy-waits that many iterations per page (for tests).
 //! A run first takes `tag` off the location's entries, so a re-run reflects
 //! the files as they are now. Resuming after a crash redoes at most one page.
+//!
+//! **Incremental mode** (what the manifest's triggers run on `entries.created` and
+//! `entries.modified`): `{"entry_ids": [..], "tag"?: "duplicate"}` checks only those
+//! entries, each against the files of its own location with the same size (hashed
+//! by the host, cached), and tags every group of two or more distinct files one of
+//! them is in; a changed file that no longer has a copy loses the tag. Files that
+//! are gone, not files, or empty are skipped. Tags elsewhere are left as they are:
+//! the full mode (`location_id`) gives the exact picture again.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -103,7 +111,14 @@ struct Stats {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct State {
+    #[serde(default)]
     location_id: i64,
+    /// Incremental mode: only these entries (new or changed) are checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    entry_ids: Vec<i64>,
+    /// The trigger that dispatched the job, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trigger: Option<String>,
     #[serde(default = "default_tag")]
     tag: String,
     #[serde(default = "default_page_size")]
@@ -187,6 +202,12 @@ fn find(ctx: &JobContext, st: &mut State) -> JobResult {
     }
     if st.hash_batch == 0 || st.hash_batch as usize > MAX_HASH_ENTRIES {
         return JobResult::failed(format!("hash_batch must be between 1 and {}", MAX_HASH_ENTRIES));
+    }
+    if !st.entry_ids.is_empty() || st.trigger.is_some() {
+        return incremental(ctx, &lib, st);
+    }
+    if st.location_id == 0 {
+        return JobResult::failed("give location_id (a whole location) or entry_ids (incremental)");
     }
     if st.total == 0 && st.phase == Phase::Clear {
         match retrying(|| lib.locations()) {
@@ -351,4 +372,144 @@ fn flush(ctx: &JobContext, lib: &Library, st: &mut State) -> Result<(), JobResul
         retrying(|| lib.apply_tag(st.tag.as_str(), chunk)).map_err(|e| fail(ctx, "cannot tag", e))?;
     }
     Ok(())
+}
+
+const NOT_FOUND: i64 = -32006;
+/// Entries checked between two checkpoints in incremental mode.
+const INCREMENTAL_STEP: usize = 64;
+
+/// Incremental mode: checks `st.entry_ids` (consumed as they are done, so a resumed job
+/// goes on where it stopped) against the same-sized files of their locations.
+fn incremental(ctx: &JobContext, lib: &Library, st: &mut State) -> JobResult {
+    if st.stats.pages == 0 {
+        if let Err(e) = retrying(|| lib.create_tag(&st.tag)) {
+            return fail(ctx, "cannot create the tag", e);
+        }
+    }
+    let total = (st.entry_ids.len() as u64 + st.stats.files).max(1);
+    while !st.entry_ids.is_empty() {
+        let n = st.entry_ids.len().min(INCREMENTAL_STEP);
+        let step: Vec<i64> = st.entry_ids.drain(..n).collect();
+        if let Err(r) = check_entries(ctx, lib, st, &step) {
+            return r;
+        }
+        st.stats.pages += 1;
+        ctx.report_progress(
+            (st.stats.files as f32 / total as f32).min(0.99),
+            &format!("{} new or changed files checked, {} duplicates", st.stats.files, st.stats.duplicates),
+        );
+        if let Err(e) = ctx.checkpoint(st) {
+            return JobResult::failed(format!("checkpoint failed: {}", e));
+        }
+        if !st.entry_ids.is_empty() && ctx.check_interrupt().should_stop() {
+            return JobResult::Interrupted;
+        }
+    }
+    ctx.report_progress(1.0, &format!("{} files checked, {} duplicates", st.stats.files, st.stats.duplicates));
+    if let Err(e) = ctx.checkpoint(st) {
+        return JobResult::failed(format!("checkpoint failed: {}", e));
+    }
+    JobResult::Completed
+}
+
+/// One step of the incremental mode: the entries' same-sized files, hashed, grouped, tagged.
+fn check_entries(ctx: &JobContext, lib: &Library, st: &mut State, ids: &[i64]) -> Result<(), JobResult> {
+    // (location, size) -> the new or changed entries of that size there.
+    let mut wanted: BTreeMap<(i64, u64), BTreeSet<i64>> = BTreeMap::new();
+    for &id in ids {
+        let detail = match retrying(|| lib.entry(id)) {
+            Ok(d) => d,
+            Err(CallError::Host { code: NOT_FOUND, .. }) => {
+                st.stats.skipped += 1; // gone again before the job ran
+                continue;
+            }
+            Err(e) => return Err(fail(ctx, "cannot read an entry", e)),
+        };
+        let e = detail.entry;
+        if e.kind != EntryKind::File || e.size == 0 {
+            continue;
+        }
+        st.stats.files += 1;
+        wanted.entry((e.location_id, e.size)).or_default().insert(e.id);
+    }
+    for ((location_id, size), fresh) in wanted {
+        let mut run: Vec<Member> = Vec::new();
+        let mut cursor: Option<String> = None;
+        'pages: loop {
+            let q = EntryQuery::default()
+                .location(location_id)
+                .kind(EntryKind::File)
+                .min_size(size)
+                .order(EntryOrder::Size)
+                .limit(st.page_size)
+                .cursor(cursor.clone());
+            let page = retrying(|| lib.list_entries(&q)).map_err(|e| fail(ctx, "cannot list entries", e))?;
+            for e in &page.entries {
+                if e.size != size {
+                    break 'pages;
+                }
+                run.push(Member { id: e.id, dev: e.dev, inode: e.inode });
+            }
+            cursor = page.next_cursor;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        let files: BTreeSet<(u64, u64)> = run.iter().map(|m| (m.dev, m.inode)).collect();
+        let mut tagged: BTreeSet<i64> = BTreeSet::new();
+        if files.len() >= 2 {
+            st.stats.candidates += run.len() as u64;
+            for group in hash_groups(ctx, lib, st, &run)? {
+                // Only groups a new or changed file is in: the others were already right.
+                if group.iter().any(|id| fresh.contains(id)) {
+                    st.stats.groups += 1;
+                    st.stats.duplicates += group.len() as u64;
+                    ctx.increment_items(group.len() as u64);
+                    tagged.extend(group.iter().copied());
+                    st.pending.extend(group);
+                }
+            }
+        }
+        // A changed file with no copy any more loses the tag.
+        let lone: Vec<i64> = fresh.difference(&tagged).copied().collect();
+        if !lone.is_empty() {
+            let r = retrying(|| lib.remove_tag(st.tag.as_str(), &lone)).map_err(|e| fail(ctx, "cannot untag", e))?;
+            st.stats.untagged += r.removed;
+        }
+        flush(ctx, lib, st)?;
+    }
+    Ok(())
+}
+
+/// The groups (entry ids) of two or more distinct files with the same content among `run`.
+fn hash_groups(ctx: &JobContext, lib: &Library, st: &mut State, run: &[Member]) -> Result<Vec<Vec<i64>>, JobResult> {
+    let mut by_hash: BTreeMap<String, Vec<(i64, u64, u64)>> = BTreeMap::new();
+    for chunk in run.chunks(st.hash_batch as usize) {
+        let ids: Vec<i64> = chunk.iter().map(|m| m.id).collect();
+        let r = retrying(|| lib.content_hashes(&ids)).map_err(|e| fail(ctx, "cannot hash files", e))?;
+        st.stats.bytes_read += r.bytes_read;
+        ctx.increment_bytes(r.bytes_read);
+        for h in r.hashes {
+            match h.hash {
+                Some(hash) => {
+                    if h.cached {
+                        st.stats.cached += 1;
+                    } else {
+                        st.stats.hashed += 1;
+                    }
+                    by_hash.entry(hash).or_default().push((h.entry_id, h.dev, h.inode));
+                }
+                None => {
+                    let why = h.error.map(|e| e.message).unwrap_or_else(|| "no hash".to_string());
+                    ctx.add_warning(&format!("skipped entry {}: {}", h.entry_id, why));
+                    st.stats.skipped += 1;
+                }
+            }
+        }
+    }
+    Ok(by_hash
+        .into_values()
+        .filter(|m| m.iter().map(|&(_, d, i)| (d, i)).collect::<BTreeSet<_>>().len() >= 2)
+        .map(|m| m.into_iter().map(|(id, _, _)| id).collect())
+        .collect())
 }
