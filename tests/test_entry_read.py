@@ -70,7 +70,7 @@ def read_job(d: Daemon, lib: str, ext: str, state: dict[str, Any]) -> dict[str, 
 
 def setup_location(d: Daemon, tree: Path) -> tuple[str, dict[str, dict[str, Any]]]:
     lib = d.sd_json("library", "create", "L")["id"]
-    d.sd("location", "add", str(tree), "--wait", check=True)
+    d.sd("location", "add", str(tree), "--no-watch", "--wait", check=True)  # a stale index
     return lib, {e["path"]: e for e in d.sd_json("entries", "ls", "--limit", "0")}
 
 
