@@ -53,7 +53,7 @@ def ext_install(ctx: Ctx, path: Path) -> None:
               help="Where to create NAME/ [default: ./extensions if there is one, else .]")
 @pass_ctx
 def ext_new(ctx: Ctx, ext_id: str, lang: str, parent: Path | None) -> None:
-    """Create a new extension NAME: manifest, one resumable job, a test.
+    """Create extension NAME: manifest, one resumable job, a test.
 
     `make extensions` builds it when it is in the sd tree's extensions/; anywhere
     else `scripts/build-extensions.sh DIR`. Its test_NAME.py builds it,
