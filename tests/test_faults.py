@@ -75,6 +75,19 @@ def test_half_closed_client_gets_every_reply(daemon: Daemon) -> None:
     # The daemon closed the connection once everything was answered (recv saw EOF) and serves on.
     assert daemon.rpc("query:test.ping.v1", {"x": 1})["result"] == {"echo": {"x": 1}}
 
+    # A subscriber that stops writing still reads its events (`sd events`-like pipelines).
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(daemon.socket))
+        s.sendall(json.dumps(req(6, "action:events.subscribe.input.v1",
+                                 {"kinds": ["library.created"]})).encode() + b"\n")
+        s.shutdown(socket.SHUT_WR)
+        lines = s.makefile("rb")
+        assert json.loads(lines.readline())["id"] == 6
+        lib = daemon.rpc("action:libraries.create.input.v1", {"name": "Seen"})["result"]["id"]
+        event = json.loads(lines.readline())
+        assert event["params"]["kind"] == "library.created" and event["params"]["library_id"] == lib
+
 
 def test_damaged_module_cache_is_rebuilt_not_trusted(tmpdir_short: Path,
                                                    spawn: Callable[..., Daemon]) -> None:
