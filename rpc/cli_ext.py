@@ -31,6 +31,7 @@ def _summary(r: dict[str, Any]) -> None:
     m = r.get("manifest") or {}
     jobs = ", ".join(j["name"] for j in r.get("jobs", [])) or "-"
     click.echo(f"{r['id']} {m.get('version', '')}: {r['state']}; jobs: {jobs}"
+               + (f"; previous: {r['previous_version']}" if r.get("previous_version") else "")
                + (f"; error: {r['error']}" if r.get("error") else ""))
 
 
@@ -82,6 +83,28 @@ def ext_new(ctx: Ctx, ext_id: str, lang: str, parent: Path | None) -> None:
                    f"run:     sd job run {ext_id} count --state '{{\"target\": 10}}' --wait\n"
                    f"test:    {root}/.venv/bin/pytest {dest}/test_{dest.name.replace('-', '_')}.py")
     ctx.out(result, human)
+
+
+@ext.command("upgrade")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--force", is_flag=True, help="Install even if not newer (a downgrade)")
+@pass_ctx
+def ext_upgrade(ctx: Ctx, path: Path, force: bool) -> None:
+    """Upgrade an installed extension to the version at PATH.
+
+    Its running jobs pause, the new version loads, and they continue on it from
+    their checkpoints. The version before is kept: `sd ext rollback ID`.
+    """
+    ctx.out(ctx.call("action:extensions.upgrade.input.v1",
+                     {"path": str(path.resolve()), "force": force}), _summary)
+
+
+@ext.command("rollback")
+@click.argument("ext_id")
+@pass_ctx
+def ext_rollback(ctx: Ctx, ext_id: str) -> None:
+    """Go back to the version before the last upgrade; its jobs continue on it."""
+    ctx.out(ctx.call("action:extensions.rollback.input.v1", {"id": ext_id}), _summary)
 
 
 @ext.command("list")

@@ -189,10 +189,12 @@ sd ext list
 sd ext load
 sd ext new
 sd ext reload
+sd ext rollback
 sd ext stats
 sd ext storage
 sd ext triggers
 sd ext unload
+sd ext upgrade
 sd job cancel
 sd job dispatch
 sd job info

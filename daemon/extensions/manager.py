@@ -47,6 +47,7 @@ from daemon.extensions.runtime import (
 )
 from daemon.extensions.stats import StatsBook, StatsView
 from daemon.extensions.triggers import TriggerInfo
+from daemon.extensions.versions import compare_versions, previous_dir, recover, swap_in
 from daemon.jobs.context import ContextRegistry, Interrupt, Interrupted, JobContext
 from daemon.jobs.types import JobRegistry, JobType
 
@@ -54,6 +55,10 @@ log = logging.getLogger("sd.extensions")
 _enc = msgspec.json.Encoder()
 _json = msgspec.json.Decoder()
 MAX_WASM_BYTES = 64 * 1024 * 1024
+
+
+# The pause reason of a job whose extension's current version does not register its job.
+UNREGISTERED = "job not registered"
 
 
 class WasmJobInput(msgspec.Struct, forbid_unknown_fields=True):
@@ -82,6 +87,8 @@ class ExtensionInfo(msgspec.Struct):
     from_cache: bool | None = None
     running_jobs: int = 0
     triggers: list[TriggerInfo] = []  # filled by the trigger service (``Core.extension_info``)
+    module_sha256: str | None = None
+    previous_version: str | None = None  # kept on disk for `sd ext rollback`
 
 
 @dataclass(eq=False)
@@ -99,6 +106,7 @@ class Plugin:
     state: str = "loaded"
     error: str | None = None
     module_bytes: int = 0
+    module_sha256: str = ""
     load_ms: float | None = None
     from_cache: bool | None = None
     log_limiter: LogLimiter = field(default_factory=LogLimiter)
@@ -126,21 +134,27 @@ class PluginManager:
         self._plugins: dict[str, Plugin] = {}
         self._lock = asyncio.Lock()
         self.stats = StatsBook(plugin_dir / "stats.json")
+        # Job names each extension registered in any version loaded here (jobs.json): a
+        # job one no longer registers pauses for a rollback instead of failing.
+        self._seen_jobs = self._read_seen_jobs()
         self._stats_saver: asyncio.Task[None] | None = None
         job_types.register(JobType(
             "wasm_job", True, WasmJobInput, self._run_job,
             "a job exported by a WebAssembly extension", owner=lambda i: i.extension_id,
-            gate=self._job_gate, label=self.job_label))
+            gate=self._job_gate, label=self.job_label, run_note=self.run_note))
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self, bundled: Path | None) -> None:
         """Install bundled extensions, then load what was loaded at the last stop."""
         self._stats_saver = asyncio.create_task(self._save_stats_regularly())
+        await asyncio.to_thread(recover, self.plugin_dir)
         wanted = set(self._read_loaded())
         if bundled is not None and bundled.is_dir():
             for d in sorted(bundled.iterdir()):
                 if (d / "manifest.json").exists():
                     try:
+                        if self._newer_installed(d):
+                            continue  # an upgrade is not undone by the bundled copy
                         m = await self.install(d, load=False)
                         wanted.add(m.id)
                     except errors.SdError as e:
@@ -177,7 +191,23 @@ class PluginManager:
 
     def installed(self) -> list[str]:
         return sorted(d.name for d in self.plugin_dir.iterdir()
-                      if d.is_dir() and (d / "manifest.json").exists())
+                      if d.is_dir() and not d.name.startswith(".")
+                      and (d / "manifest.json").exists())
+
+    def _newer_installed(self, bundled: Path) -> bool:
+        """Whether a newer version than the bundled one at ``bundled`` is installed."""
+        try:
+            theirs = read_manifest(bundled)
+            ours = read_manifest(self.plugin_dir / theirs.id)
+        except errors.SdError:
+            return False
+        return compare_versions(ours.version, theirs.version) > 0
+
+    def _previous_version(self, ext_id: str) -> str | None:
+        try:
+            return read_manifest(previous_dir(self.plugin_dir, ext_id)).version
+        except errors.SdError:
+            return None
 
     def info(self, ext_id: str) -> ExtensionInfo:
         plugin = self._plugins.get(ext_id)
@@ -190,13 +220,16 @@ class PluginManager:
                 error = None
             except errors.SdError as e:
                 manifest, error = None, e.message
-            return ExtensionInfo(ext_id, "installed", manifest, [], error)
+            return ExtensionInfo(ext_id, "installed", manifest, [], error,
+                                 previous_version=self._previous_version(ext_id))
         running = len(self._running_contexts(ext_id))
         return ExtensionInfo(
             ext_id, plugin.state, plugin.manifest,
             [{"name": j.name, "export": j.export, "resumable": j.resumable}
              for j in plugin.jobs.values()],
-            plugin.error, plugin.module_bytes, plugin.load_ms, plugin.from_cache, running)
+            plugin.error, plugin.module_bytes, plugin.load_ms, plugin.from_cache, running,
+            module_sha256=plugin.module_sha256 or None,
+            previous_version=self._previous_version(ext_id))
 
     def stats_views(self, ext_id: str | None = None) -> list[StatsView]:
         """Each extension's figures since start and in total (one, if ``ext_id``)."""
@@ -220,6 +253,14 @@ class PluginManager:
             raise errors.NotFound(f"extension {ext_id} has no job {job_name!r}",
                                   {"jobs": sorted(plugin.jobs)})
         return job.export
+
+    def run_note(self, inp: WasmJobInput) -> str | None:
+        """What a run of a wasm job runs on: the version and module hash (transitions)."""
+        plugin = self._plugins.get(inp.extension_id)
+        if plugin is None or plugin.state != "loaded":
+            return None
+        return (f"{inp.extension_id} {plugin.manifest.version}, module sha256 "
+                f"{plugin.module_sha256[:16]}")
 
     def job_label(self, inp: WasmJobInput) -> str:
         """``<extension>:<job>``: the name the extension registered for the export
@@ -297,6 +338,7 @@ class PluginManager:
                 self._bus.publish(ExtensionFailed(extension_id=ext_id, error=e.message))
                 log.error("extension %s failed to load: %s", ext_id, e.message)
                 raise
+            self._saw_jobs(ext_id, plugin.jobs)
             plugin.gate = asyncio.Semaphore(min(
                 manifest.permissions.rate_limits.concurrent_jobs, self.limits.concurrent_jobs))
             self._plugins[ext_id] = plugin
@@ -312,6 +354,7 @@ class PluginManager:
         m = plugin.manifest
         wasm = (plugin.directory / m.wasm_file).read_bytes()
         plugin.module_bytes = len(wasm)
+        plugin.module_sha256 = _digest(wasm)
         module, cached = self.runtime.compile(wasm, str(plugin.directory / m.wasm_file))
         check_module_abi(module, wasm)
         check_module_memory(module, self._memory_bytes(m))
@@ -340,7 +383,7 @@ class PluginManager:
         plugin.load_ms = (time.perf_counter() - t0) * 1000
 
     async def unload_plugin(self, ext_id: str, *, remember: bool = True,
-                            grace: float = 10.0) -> None:
+                            grace: float = 10.0, reason: str = "unload") -> None:
         """Pause the extension's running jobs, call ``plugin_cleanup``, drop it."""
         async with self._lock:
             plugin = self._plugins.pop(ext_id, None)
@@ -350,7 +393,7 @@ class PluginManager:
                 self._remember(ext_id, False)
         running = list(self._running_contexts(ext_id))
         for ctx in running:
-            ctx.request(Interrupt.PAUSE, "unload")
+            ctx.request(Interrupt.PAUSE, reason)
         deadline = time.monotonic() + grace
         while self._running_contexts(ext_id) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -360,6 +403,59 @@ class PluginManager:
             await self._cleanup(plugin)
         log.info("extension %s unloaded (%d running jobs asked to pause)", ext_id, len(running))
         self._bus.publish(ExtensionUnloaded(extension_id=ext_id))
+
+    async def upgrade(self, source: Path, *, force: bool = False) -> Manifest:
+        """Replace an installed extension with the version at ``source``, jobs in flight.
+
+        The new module is validated (compiled, checked, ``plugin_init`` run) first.
+        Then running jobs pause at their next check (reason ``upgrade``), the files
+        are swapped (the old version kept for ``rollback``), the new version loads,
+        and the paused and queued jobs continue on it from their checkpoints. A
+        version not newer than the installed one needs ``force``.
+        """
+        source = Path(source)
+        if source.is_file() and source.suffix == ".wasm":
+            source = source.parent
+        if not source.is_dir():
+            raise errors.ExtensionError(f"{source} is not an extension directory")
+        manifest = read_manifest(source)
+        if manifest.id not in self.installed():
+            raise errors.NotFound(f"extension {manifest.id!r} is not installed; "
+                                  f"install it with `sd ext install`")
+        current = read_manifest(self.plugin_dir / manifest.id)
+        order = compare_versions(manifest.version, current.version)
+        if order <= 0 and not force:
+            what = "the same version as" if order == 0 else "older than"
+            raise errors.InvalidState(
+                f"{manifest.id} {manifest.version} is {what} the installed {current.version}; "
+                f"use --force to install it anyway")
+        await self._replace(manifest, source, f"upgrade to {manifest.version}")
+        return manifest
+
+    async def rollback(self, ext_id: str) -> Manifest:
+        """Swap the installed version and the one before it, jobs in flight, as ``upgrade``."""
+        prev = previous_dir(self.plugin_dir, ext_id)
+        if not (prev / "manifest.json").exists():
+            raise errors.NotFound(f"no previous version of {ext_id!r} is kept")
+        manifest = read_manifest(prev)
+        await self._replace(manifest, prev, f"rollback to {manifest.version}")
+        return manifest
+
+    async def _replace(self, manifest: Manifest, source: Path, what: str) -> None:
+        trial = Plugin(manifest, source)
+        try:
+            await asyncio.to_thread(self._load_blocking, trial)  # refuses a bad module
+        finally:
+            trial.main = None
+        ext_id = manifest.id
+        async with self._lock:
+            loaded = self._plugins.get(ext_id)
+        if loaded is not None:
+            await self.unload_plugin(ext_id, remember=False, reason="upgrade")
+        await asyncio.to_thread(swap_in, self.plugin_dir, ext_id, source,
+                                ["manifest.json", manifest.wasm_file])
+        log.info("extension %s: %s (the version before it is kept)", ext_id, what)
+        await self.load_plugin(ext_id)
 
     async def reload_plugin(self, ext_id: str) -> None:
         if ext_id in self._plugins:
@@ -402,7 +498,21 @@ class PluginManager:
                             f"resume the job once it is")
             ctx.request(Interrupt.PAUSE, "extension not loaded")
             raise Interrupted()
-        job = next((j for j in plugin.jobs.values() if j.export == inp.export_fn), None)
+        # A job is its registered name, from its label (a new version may export it under
+        # another name); by export when the label had no name (queued while the extension
+        # was not loaded, or before labels existed).
+        name = ctx.title.split(":", 1)[1] if ctx.title.startswith(f"{inp.extension_id}:") else ""
+        job = plugin.jobs.get(name)
+        if job is None and name in ("", inp.export_fn):
+            job = next((j for j in plugin.jobs.values() if j.export == inp.export_fn), None)
+        if job is None and (ctx.resumed or name in self._seen_jobs.get(inp.extension_id, ())):
+            # It ran, or was queued, under a version that had it: keep it for a rollback.
+            ctx.add_warning(
+                f"paused: {inp.extension_id} {plugin.manifest.version} no longer registers job "
+                f"{name or inp.export_fn!r}; `sd ext rollback {inp.extension_id}` brings back "
+                f"the version before it, or cancel the job")
+            ctx.request(Interrupt.PAUSE, UNREGISTERED)
+            raise Interrupted()
         if job is None:
             raise errors.ExtensionError(
                 f"{inp.export_fn!r} is not a job export registered by {inp.extension_id}",
@@ -475,6 +585,23 @@ class PluginManager:
                                             type=list[str]))
         except (FileNotFoundError, msgspec.DecodeError):
             return []
+
+    def _read_seen_jobs(self) -> dict[str, set[str]]:
+        try:
+            raw = (self.plugin_dir / "jobs.json").read_bytes()
+            return {k: set(v) for k, v in
+                    msgspec.json.decode(raw, type=dict[str, list[str]]).items()}
+        except (OSError, msgspec.DecodeError):
+            return {}
+
+    def _saw_jobs(self, ext_id: str, jobs: dict[str, RegisteredJob]) -> None:
+        seen = self._seen_jobs.setdefault(ext_id, set())
+        if set(jobs) <= seen:
+            return
+        seen.update(jobs)
+        tmp = self.plugin_dir / "jobs.json.tmp"
+        tmp.write_bytes(_enc.encode({k: sorted(v) for k, v in self._seen_jobs.items()}))
+        os.replace(tmp, self.plugin_dir / "jobs.json")
 
     def _remember(self, ext_id: str, loaded: bool) -> None:
         ids = set(self._read_loaded())

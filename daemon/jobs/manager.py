@@ -48,7 +48,7 @@ from daemon.libraries.db import Database
 log = logging.getLogger("sd.jobs")
 MAX_EVENT_OUTPUT_BYTES = 64 * 1024
 # Pause reasons that end by themselves when the job's extension is loaded again.
-EXTENSION_PAUSES = ("unload", "extension not loaded")
+EXTENSION_PAUSES = ("unload", "extension not loaded", "upgrade", "job not registered")
 # How often, at most, the disk is probed for room again after a write failed for lack of it.
 SPACE_RETRY_MAX_S = 1.0
 T = TypeVar("T")
@@ -395,7 +395,7 @@ class JobManager:
         async with gate if gate is not None else contextlib.nullcontext():
             async with self._slots:
                 try:
-                    ctx = await self._start(job_id, jt)
+                    ctx = await self._start(job_id, jt, value)
                 except errors.DiskFull as e:
                     if not self._blocked:
                         log.warning("job %s cannot start: %s; it stays queued until there is "
@@ -411,7 +411,7 @@ class JobManager:
                     self._running.pop(job_id, None)
                     self._contexts.unregister(job_id)
 
-    async def _start(self, job_id: str, jt: JobType) -> JobContext | None:
+    async def _start(self, job_id: str, jt: JobType, value: Any) -> JobContext | None:
         """Move a queued job to running and register its context; None if it must not run."""
         self._starting.add(job_id)
         try:
@@ -426,8 +426,9 @@ class JobManager:
                 checkpoint=row.checkpoint, db=self._db, bus=self._bus, loop=self._loop,
                 extension_id=row.extension_id, progress=row.progress, message=row.message,
                 items=row.items, bytes_=row.bytes, warnings=row.warnings, title=row.title)
+            note = jt.run_note(value) if jt.run_note is not None else None
             if not await self._db.run(lambda c: store.transition(
-                    c, job_id, "running", expect=("queued",))):
+                    c, job_id, "running", expect=("queued",), note=note)):
                 return None
             if self._closing:  # shutdown began while the row was being written
                 await self._db.run(lambda c: store.transition(

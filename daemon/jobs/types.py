@@ -37,6 +37,8 @@ class JobType:
     # What a job of this type is called where it is shown, from its input
     # (``<extension>:<job>`` for wasm_job); None: the type's name.
     label: Callable[[Any], str | None] | None = None
+    # A note for each "running" transition (e.g. the extension version it runs on).
+    run_note: Callable[[Any], str | None] | None = None
     is_async: bool = field(init=False)
 
     def __post_init__(self) -> None:

@@ -17,6 +17,11 @@ class ExtensionId(msgspec.Struct, forbid_unknown_fields=True):
     id: str
 
 
+class Upgrade(msgspec.Struct, forbid_unknown_fields=True):
+    path: str
+    force: bool = False  # allow the same or an older version
+
+
 class StatsInput(msgspec.Struct, forbid_unknown_fields=True):
     id: str | None = None  # one extension; None: every extension with figures
 
@@ -68,6 +73,20 @@ async def install(ctx: OpContext, inp: Install) -> ExtensionInfo:
     """Validate an extension directory (or .wasm with a manifest beside it), copy it in, load it."""
     manifest = await _pm(ctx).install(Path(inp.path).expanduser())
     return ctx.core.extension_info(manifest.id)
+
+
+@OPERATIONS.register("action:extensions.upgrade.input.v1", Upgrade, callers=CLIENTS_ONLY)
+async def upgrade(ctx: OpContext, inp: Upgrade) -> ExtensionInfo:
+    """Replace an installed extension with a newer version; its jobs continue on it."""
+    manifest = await _pm(ctx).upgrade(Path(inp.path).expanduser(), force=inp.force)
+    return _pm(ctx).info(manifest.id)
+
+
+@OPERATIONS.register("action:extensions.rollback.input.v1", ExtensionId, callers=CLIENTS_ONLY)
+async def rollback(ctx: OpContext, inp: ExtensionId) -> ExtensionInfo:
+    """Go back to the version installed before the last upgrade (or rollback)."""
+    await _pm(ctx).rollback(inp.id)
+    return _pm(ctx).info(inp.id)
 
 
 @OPERATIONS.register("action:extensions.load.input.v1", ExtensionId, callers=CLIENTS_ONLY)
