@@ -103,7 +103,10 @@ def ext_upgrade(ctx: Ctx, path: Path, force: bool) -> None:
 @click.argument("ext_id")
 @pass_ctx
 def ext_rollback(ctx: Ctx, ext_id: str) -> None:
-    """Go back to the version before the last upgrade; its jobs continue on it."""
+    """Go back to the version before the last upgrade.
+
+    Its running jobs pause and continue on the version brought back.
+    """
     ctx.out(ctx.call("action:extensions.rollback.input.v1", {"id": ext_id}), _summary)
 
 
