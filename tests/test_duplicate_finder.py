@@ -264,11 +264,14 @@ def test_adversarial_tree_agrees_with_jdupes(d: Daemon, tmpdir_short: Path) -> N
     job_id = d.sd_json("job", "run", "duplicate-finder", "find", "--state",
                        json.dumps(state))["job_id"]
     wait_for(lambda: job(d, lib, job_id)["checkpoints"] >= 1)
-    # While it runs: change one of three copies and delete one of a pair (the largest
-    # files, so the job reaches them last).
-    assert job(d, lib, job_id)["status"] == "running"
+    # Mid-job: change one of three copies and delete one of a pair (the largest files, so
+    # the job reaches them last). The job is paused at a page boundary meanwhile, so that
+    # however slow this machine is, the changes land before it reaches those files.
+    d.sd("job", "pause", job_id, "--library", lib, check=True)
+    wait_for(lambda: job(d, lib, job_id)["status"] == "paused")
     (tree / "late" / "m1").write_bytes(b"changed")
     (tree / "late" / "v1").unlink()
+    d.sd("job", "resume", job_id, "--library", lib, check=True)
     d.watch_job(job_id, lib)
     info = job(d, lib, job_id)
     warnings = "\n".join(info["warnings"])
