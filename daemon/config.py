@@ -50,6 +50,9 @@ class DaemonConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Inotify watches (directories) one location may use before it falls back to rescans;
     # 0: only the kernel's limit (fs.inotify.max_user_watches) applies.
     max_watches_per_location: int = 0
+    # A location the watch limit keeps from being watched whole is watched afresh and
+    # rescanned this often.
+    watch_retry_s: float = 300.0
 
 
 def default_data_dir() -> Path:

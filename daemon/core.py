@@ -49,7 +49,8 @@ class Core:
         self.job_slots = asyncio.Semaphore(config.max_running_jobs)
         self.libraries = LibraryManager(config.data_dir / "libraries", self.events,
                                         self.job_types, self.job_slots, self.job_contexts)
-        self.watches = WatchService(self.events, config.max_watches_per_location)
+        self.watches = WatchService(self.events, config.max_watches_per_location,
+                                    config.watch_retry_s)
         self.libraries.before_close.append(self.watches.stop_library)
         self.plugin_manager: PluginManager | None = None
         self.requests = RequestMetrics()  # filled by the socket server's JSON-RPC layer

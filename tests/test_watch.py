@@ -242,7 +242,7 @@ def test_queue_overflow_falls_back_to_a_rescan(daemon: Daemon, tree: Path) -> No
 
 def test_watch_limit_falls_back_to_rescans(tmpdir_short: Path, tree: Path) -> None:
     config = tmpdir_short / "config.json"
-    config.write_text(json.dumps({"max_watches_per_location": 4}))
+    config.write_text(json.dumps({"max_watches_per_location": 4, "watch_retry_s": 1.0}))
     d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock",
                extra_args=["--config", str(config)]).start()
     try:
@@ -266,6 +266,13 @@ def test_watch_limit_falls_back_to_rescans(tmpdir_short: Path, tree: Path) -> No
         assert "limited" in r.stdout
         (tree / "a" / "still-live.txt").write_bytes(b"s")  # watched directories stay live
         settled(d, lib, loc, tree)
+        # Still limited when watched afresh (watch_retry_s): rescanned again, and what changed
+        # in a directory that is not watched is found by that rescan.
+        (tree / "r" / "unwatched.txt").write_bytes(b"u")
+        settled(d, lib, loc, tree)
+        limit_jobs = [j for j in d.sd_json("job", "list", "--library", lib)
+                      if any("max_watches_per_location" in w for w in j["warnings"])]
+        assert len(limit_jobs) >= 2
     finally:
         d.stop()
 

@@ -18,7 +18,8 @@ Falling back: when the kernel's queue overflows (events were lost), the watches 
 set up afresh and an incremental rescan is dispatched with that reason as its first
 job warning; when the watch limit is reached (``fs.inotify.max_user_watches``, or the
 daemon's ``max_watches_per_location``), the directories that could be watched stay
-live, a rescan is dispatched the same way, and again every ``LIMITED_RESCAN_S``.
+live, a rescan is dispatched the same way, and every ``watch_retry_s`` (default 300)
+the watches are made afresh and the location rescanned.
 ``sd location list`` shows each location's state and the last fallback.
 """
 
@@ -51,7 +52,6 @@ log = logging.getLogger("sd.watch")
 
 QUIET_S = 0.05  # a batch is cut this long after the last event ...
 MAX_WAIT_S = 0.25  # ... or this long after its first one
-LIMITED_RESCAN_S = 300.0
 READ_CACHE = 1024  # events (of the longest name) read per syscall
 _MASK = (Mask.CREATE | Mask.DELETE | Mask.MODIFY | Mask.ATTRIB | Mask.CLOSE_WRITE
          | Mask.MOVED_FROM | Mask.MOVED_TO | Mask.DELETE_SELF | Mask.MOVE_SELF
@@ -61,9 +61,9 @@ OVERFLOW_REASON = ("the kernel's inotify queue overflowed (fs.inotify.max_queued
                    "changes were lost, so the location is rescanned")
 
 
-def _max_user_watches() -> str:
+def _proc_inotify(name: str) -> str:
     try:
-        with open("/proc/sys/fs/inotify/max_user_watches") as f:
+        with open(f"/proc/sys/fs/inotify/{name}") as f:
             return f.read().strip()
     except OSError:
         return "?"
@@ -85,9 +85,10 @@ class LocationWatcher:
     """The watches of one location and its pending changes."""
 
     def __init__(self, bus: EventBus, lib: Library, location_id: int, root: str,
-                 max_watches: int) -> None:
+                 max_watches: int, retry_s: float) -> None:
         self.bus, self.lib, self.location_id, self.root = bus, lib, location_id, root
         self.max_watches = max_watches
+        self.retry_s = retry_s
         self.ino: Inotify | None = None
         self.wd_path: dict[int, str] = {}
         self.path_wd: dict[str, int] = {}
@@ -106,6 +107,7 @@ class LocationWatcher:
         self._flusher: asyncio.Task[None] | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._again = False
+        self._rewatching = False
 
     # --- state ---------------------------------------------------------------------------
     def state(self) -> str:
@@ -121,15 +123,20 @@ class LocationWatcher:
     async def start(self) -> None:
         """Watch every directory of the location (the walk runs off the loop)."""
         await self._close_inotify()
-        self.ino = Inotify(cache_size=READ_CACHE)
         self.wd_path.clear()
         self.path_wd.clear()
         self.watches.clear()
+        self.limited = None
+        self.stopped = None
+        try:
+            self.ino = Inotify(cache_size=READ_CACHE)
+        except OSError as e:  # EMFILE: fs.inotify.max_user_instances
+            self._limit(f"no inotify instance could be made ({e.strerror}; "
+                        f"fs.inotify.max_user_instances = {_proc_inotify('max_user_instances')})")
+            return
         self._reader = asyncio.create_task(self._read(self.ino),
                                            name=f"watch-{self.location_id}")
         dirs = await asyncio.to_thread(live.walk_dirs, self.root)
-        self.limited = None
-        self.stopped = None
         for i, rel in enumerate(dirs):
             self._add_watch(rel)
             if i % 500 == 499:
@@ -161,7 +168,8 @@ class LocationWatcher:
             self.ino = None
 
     def _add_watch(self, rel: str) -> bool:
-        assert self.ino is not None
+        if self.ino is None:
+            return False
         if self.max_watches and len(self.path_wd) >= self.max_watches:
             self._limit(f"the daemon's max_watches_per_location ({self.max_watches}) is reached")
             return False
@@ -170,7 +178,7 @@ class LocationWatcher:
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 self._limit("the inotify watch limit is reached (fs.inotify.max_user_watches = "
-                            f"{_max_user_watches()})")
+                            f"{_proc_inotify('max_user_watches')})")
             elif e.errno not in (errno.ENOENT, errno.ENOTDIR):
                 log.warning("location %d: cannot watch %s: %s", self.location_id, rel or ".",
                             e.strerror)
@@ -187,7 +195,7 @@ class LocationWatcher:
         if self.limited is None:
             self.limited = why
             log.warning("location %d: %s; falling back to rescans every %.0f s",
-                        self.location_id, why, LIMITED_RESCAN_S)
+                        self.location_id, why, self.retry_s)
             self._wake(now=True)
 
     def _forget(self, rel: str) -> None:
@@ -265,7 +273,8 @@ class LocationWatcher:
 
     def poke(self) -> None:
         """An indexer job of this library ended: apply what waited for it."""
-        if self.dirty or self.overflowed or self.fallback_job or self.limited:
+        if self.dirty or self.overflowed or self._rewatching or self.fallback_job \
+                or self.limited:
             self._wake(now=True)
 
     def _tick(self) -> None:
@@ -275,7 +284,7 @@ class LocationWatcher:
             return
         t = asyncio.get_running_loop().time()
         due = min(self._last + QUIET_S, self._first + MAX_WAIT_S)
-        if t < due and not self.overflowed:
+        if t < due and not self.overflowed and not self._rewatching:
             self._timer = asyncio.get_running_loop().call_later(due - t, self._tick)
             return
         self._first = self._last = 0.0
@@ -301,18 +310,25 @@ class LocationWatcher:
             lambda c: store.active_jobs(c, self.location_id, (INDEX_JOB,)))
         if self.fallback_job and self.fallback_job not in active:
             self.fallback_job = None  # the fallback rescan ended
-        if self.overflowed:
-            self.overflowed = False
+        if self.overflowed or self._rewatching:
+            overflow = self.overflowed
+            self.overflowed = self._rewatching = False
             self.dirty.clear()
             self.moves_from.clear()
             await self.start()  # a fresh instance: every descriptor and path right again
-            await self._fall_back(OVERFLOW_REASON, "queue overflow")
+            if overflow:
+                await self._fall_back(OVERFLOW_REASON, "queue overflow")
+            elif self.limited:
+                await self._fall_back(self._limited_reason(), "watch limit")
+            else:
+                await self._fall_back("every directory is watched again (the watch limit no "
+                                      "longer binds); rescanned for what changed meanwhile",
+                                      "watch limit lifted")
+            self._schedule_retry()
             return
         if self.limited and self._retry is None:
-            await self._fall_back(f"{self.limited}; changes outside the watched directories "
-                                  f"are found by rescans every {LIMITED_RESCAN_S:.0f} s",
-                                  "watch limit")
-            self._retry = asyncio.get_running_loop().call_later(LIMITED_RESCAN_S, self._rewatch)
+            await self._fall_back(self._limited_reason(), "watch limit")
+            self._schedule_retry()
         if active:
             return  # applied when the indexer job ends (poke)
         await self._apply()
@@ -324,10 +340,18 @@ class LocationWatcher:
                      + (f"rescan job {job_id}" if job_id else "an indexer job was running"))
         log.warning("location %d: %s", self.location_id, self.note)
 
+    def _limited_reason(self) -> str:
+        return (f"{self.limited}; changes outside the watched directories are found by "
+                f"rescans every {self.retry_s:g} s")
+
+    def _schedule_retry(self) -> None:
+        if self.limited and self._retry is None:
+            self._retry = asyncio.get_running_loop().call_later(self.retry_s, self._rewatch)
+
     def _rewatch(self) -> None:
         """In the limited state: try to watch everything again, then rescan."""
         self._retry = None
-        self.overflowed = True  # the same path as an overflow: fresh watches, a rescan
+        self._rewatching = True
         self._wake(now=True)
 
     async def _apply(self) -> None:
@@ -381,9 +405,11 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 class WatchService:
     """Every watched location of every library; owned by the Core."""
 
-    def __init__(self, bus: EventBus, max_watches_per_location: int = 0) -> None:
+    def __init__(self, bus: EventBus, max_watches_per_location: int = 0,
+                 retry_s: float = 300.0) -> None:
         self.bus = bus
         self.max_watches = max_watches_per_location
+        self.retry_s = retry_s
         self._watchers: dict[tuple[str, int], LocationWatcher] = {}
         self._listener: asyncio.Task[None] | None = None
 
@@ -408,7 +434,8 @@ class WatchService:
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen(), name="watch-job-ends")
         root = await lib.db.run(lambda c: store.location_root(c, location_id))
-        w = LocationWatcher(self.bus, lib, location_id, root, self.max_watches)
+        w = LocationWatcher(self.bus, lib, location_id, root, self.max_watches,
+                            self.retry_s)
         self._watchers[(lib.id, location_id)] = w
         try:
             await w.start()
