@@ -27,6 +27,9 @@ class OperationSpec(Protocol):
     @property
     def explicit_grant(self) -> bool: ...
 
+    @property
+    def granted_by(self) -> tuple[str, ...]: ...
+
 
 class Policy(Protocol):
     """What limits an extension caller: permissions and rates (see ``ExtensionPolicy``)."""

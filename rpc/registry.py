@@ -56,8 +56,10 @@ class Operation:
     needs_library: bool
     callers: frozenset[str]
     summary: str
-    # An extension may call it only if its manifest names it exactly (no prefix grant).
+    # An extension may call it only if its manifest names it exactly (no prefix grant),
+    # or names exactly one of ``granted_by`` (operations that already give that power).
     explicit_grant: bool = False
+    granted_by: tuple[str, ...] = ()
     is_async: bool = field(init=False)
     decoder: msgspec.json.Decoder[Any] = field(init=False, repr=False)
 
@@ -72,6 +74,7 @@ class OperationRegistry:
 
     def register(self, name: str, input_type: type[Any] = Empty, *, library: bool = False,
                  callers: frozenset[str] = ALL_CALLERS, explicit_grant: bool = False,
+                 granted_by: tuple[str, ...] = (),
                  ) -> Callable[[Callable[[OpContext, Any], Any]], Callable[[OpContext, Any], Any]]:
         """Decorator: register ``handler(ctx, input)`` as operation ``name``."""
         if not _NAME.match(name):
@@ -82,7 +85,7 @@ class OperationRegistry:
                 raise ValueError(f"operation {name} registered twice")
             self._ops[name] = Operation(name, input_type, handler, library, callers,
                                         (inspect.getdoc(handler) or "").split("\n")[0],
-                                        explicit_grant)
+                                        explicit_grant, granted_by)
             return handler
         return deco
 

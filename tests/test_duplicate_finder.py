@@ -160,6 +160,19 @@ def test_index_find_duplicates_change_rescan_and_find_again(d: Daemon, tmpdir_sh
                and "explicit grant" in w for w in failed["warnings"]), failed["warnings"]
     assert d.sd_json("tag", "ls", "noread") == []
     assert d.sd_json("ext", "storage", "duplicate-finder-noread") == []
+
+    # The exact grant of reading bytes grants hashing them too (it already gives that power).
+    reader = tmpdir_short / "reader"
+    reader.mkdir()
+    shutil.copy(FINDER / "duplicate_finder.wasm", reader)
+    manifest["id"] = "duplicate-finder-reader"
+    methods.remove("query:entries.")
+    methods.append("query:entries.read.v1")
+    (reader / "manifest.json").write_text(json.dumps(manifest))
+    d.sd("ext", "install", str(reader), check=True)
+    r = run_finder(d, {"location_id": loc["id"], "tag": "by-reader"}, "duplicate-finder-reader")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert {"fresh/x.bin", "fresh/y.bin"} <= tagged(d, "by-reader")
     assert d.sd_json("location", "list")[0]["id"] == loc["id"] and lib
 
 

@@ -1,7 +1,9 @@
 """What an extension may call: method prefixes, libraries and a request rate.
 
-Operations registered with ``explicit_grant=True`` (reading file bytes, adding
-locations) need their exact name in ``permissions.methods``; a prefix is not enough.
+Operations registered with ``explicit_grant=True`` (reading file bytes, hashing them,
+adding locations) need their exact name in ``permissions.methods``, or the exact name of
+one of their ``granted_by`` operations (reading bytes grants hashing them); a prefix is
+not enough.
 
 Checked by the dispatcher for every ``spacedrive_call`` (``Dispatcher.start``),
 the same place every socket request is checked.
@@ -57,6 +59,9 @@ class ExtensionPolicy:
 
     def _check_grant(self, op: OperationSpec) -> None:
         """Refuse an operation the manifest does not grant; remember one it does."""
+        if op.explicit_grant and any(name in self.prefixes for name in op.granted_by):
+            self._granted.add(op.name)  # e.g. reading bytes grants hashing them
+            return
         if not self.prefixes or not op.name.startswith(self.prefixes):
             raise errors.PermissionDenied(
                 f"extension {self.extension_id} has no permission to call {op.name}",

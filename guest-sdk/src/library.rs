@@ -123,7 +123,7 @@ impl Library {
     /// [`crate::files::MAX_HASH_ENTRIES`] file entries, computed by the host (cached per
     /// file while its inode, size, mtime and ctime stay the same). An entry that is gone,
     /// unreadable, not a file, or changed since indexing comes back with `error` set.
-    /// Needs the exact name granted.
+    /// Needs its exact name granted, or `query:entries.read.v1`'s.
     pub fn content_hashes(&self, entry_ids: &[i64]) -> Result<HashResult, CallError> {
         self.call(methods::ENTRIES_CONTENT_HASH, &json!({ "entry_ids": entry_ids }))
     }

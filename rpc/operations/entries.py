@@ -78,7 +78,7 @@ async def read(ctx: OpContext, inp: Read) -> Chunk:
 
 
 @OPERATIONS.register("query:entries.content_hash.v1", HashInput, library=True,
-                     explicit_grant=True)
+                     explicit_grant=True, granted_by=("query:entries.read.v1",))
 async def content_hash(ctx: OpContext, inp: HashInput) -> hashes.HashResult:
     """Full-content BLAKE3 of up to 1000 file entries, cached per file (never follows a symlink)."""
     if not 1 <= len(inp.entry_ids) <= hashes.MAX_ENTRIES:
