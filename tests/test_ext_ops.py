@@ -342,3 +342,20 @@ def test_textfile_collector_units_in_docs_work(daemon: Daemon, tmp_path: Path) -
     assert sorted(p.name for p in out_dir.iterdir()) == ["sd.prom"]
     fams = _families((out_dir / "sd.prom").read_text())
     assert "sd_requests" in fams and "sd_jobs" in fams
+
+
+def test_stats_keep_no_made_up_method_names(daemon: Daemon, tmpdir_short: Path) -> None:
+    """A guest calling names no operation has: counted under one name, not under its own."""
+    from wasm_guests import data, make_extension, module
+
+    calls = "".join(
+        f'(drop (call $call (i32.const 16) (i32.const {len(name)}) (i32.const 0) '
+        f'(i32.const 64) (i32.const 2)))'
+        for name in ["query:made.up.v1"] * 3)
+    wat = module(data(16, "query:made.up.v1") + data(64, "{}")
+                 + f'(func (export "plugin_init") (result i32) {calls} (i32.const 0))',
+                 ("call",))
+    daemon.sd("ext", "install", str(make_extension(tmpdir_short / "src", "inventor", wat)),
+              check=True)
+    f = _stats(daemon, "inventor")["since_start"]
+    assert f["calls"] == {"(unknown method)": 3} and f["errors"] == {"-32601": 3}

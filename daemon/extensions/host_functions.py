@@ -187,21 +187,32 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
         if env.account:
             errs[code] = errs.get(code, 0) + 1
 
+    def uncount(method: str, instead: str | None) -> None:
+        """Take back a call counted under a name no operation has (names stay bounded)."""
+        if env.account and method in calls:
+            n = calls[method] - 1
+            if n:
+                calls[method] = n
+            else:
+                del calls[method]
+            if instead is not None:
+                calls[instead] = calls.get(instead, 0) + 1
+
     def spacedrive_call(hc: HostCall, a: tuple[Any, ...]) -> int:
         method_ptr, method_len, lib_ptr, payload_ptr, payload_len = a
         method = _text(hc, method_ptr, method_len, MAX_METHOD_BYTES, "method name")
         t0 = 0.0
-        account = env.account
-        if account:
-            seq = tally.seq
-            tally.seq = seq + 1
-            if not seq & TIME_MASK:
+        if env.account:
+            n = calls.get(method, 0)
+            calls[method] = n + 1
+            if not n & TIME_MASK:  # the first call of each operation, then one in TIME_ONE_IN
                 t0 = perf_counter()
         library_id = None if lib_ptr == 0 else _library_id(hc.read(lib_ptr, 16))
         if payload_len < 0:
             raise GuestCallError(f"negative payload length {payload_len}")
         if payload_len > limits.max_payload_bytes:
             count_error(errors.TooLarge.code)
+            uncount(method, None)
             return reply(hc, error_body(errors.TooLarge(
                 f"payload of {payload_len} bytes exceeds the limit of {limits.max_payload_bytes}")))
         payload = hc.read(payload_ptr, payload_len)
@@ -213,7 +224,7 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
         except errors.SdError as e:
             count_error(e.code)
             if e.code == errors.MethodNotFound.code:
-                method = UNKNOWN_METHOD  # a guest's made-up names are not kept
+                uncount(method, UNKNOWN_METHOD)  # a guest's made-up names are not kept
             body = error_body(e)
         except Exception as e:
             log.exception("extension %s: %s failed", env.extension_id, method)
@@ -224,11 +235,9 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
             count_error(errors.TooLarge.code)
             body = error_body(errors.TooLarge(
                 f"reply of {len(body)} bytes exceeds the limit of {limits.max_reply_bytes}"))
-        if account:
-            calls[method] = calls.get(method, 0) + 1
-            if t0:
-                tally.timed_s += perf_counter() - t0
-                tally.timed_calls += 1
+        if t0:
+            tally.timed_s += perf_counter() - t0
+            tally.timed_calls += 1
         return reply(hc, body)
 
     def spacedrive_log(hc: HostCall, a: tuple[Any, ...]) -> None:

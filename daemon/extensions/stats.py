@@ -2,8 +2,8 @@
 
 The hot path (``spacedrive_call``, ``spacedrive_log``) only bumps a ``Tally`` of
 its own instance: no lock, since an instance is used by one thread at a time.
-Every call is counted; one in ``TIME_ONE_IN`` is timed and the host time of the
-rest is estimated from those.
+Every call is counted; of each operation's calls the first and one in
+``TIME_ONE_IN`` are timed, and the host time of the rest is estimated from those.
 A tally is merged into its extension's ``ExtensionStats`` when the run ends (and
 every second or so while a job checks in), under that extension's lock. Totals
 are kept in ``<plugin-dir>/stats.json``, written atomically every few seconds
@@ -31,10 +31,10 @@ log = logging.getLogger("sd.extensions")
 JOB_OUTCOMES = ("completed", "failed", "paused", "cancelled")
 
 
-# One call in this many (the first of every instance among them) is timed; the host
-# time of the others is estimated from those. Timing every call cost about 3% of the
-# fastest call (a ping); see README "Performance".
-TIME_ONE_IN = 8
+# Of each operation's calls in a tally, the first and then one in this many are timed;
+# the host time of the others is estimated from those. Timing every call cost about 3%
+# of the fastest call (a ping); see README "What an extension costs".
+TIME_ONE_IN = 16
 TIME_MASK = TIME_ONE_IN - 1
 
 
@@ -45,7 +45,6 @@ class Tally:
 
     calls: dict[str, int] = field(default_factory=dict)
     errors: dict[int, int] = field(default_factory=dict)
-    seq: int = 0  # calls counted by this instance, ever (picks the timed ones)
     timed_s: float = 0.0
     timed_calls: int = 0
     log_lines: int = 0
