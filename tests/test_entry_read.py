@@ -232,6 +232,18 @@ def test_content_hash_whole_file_cached_and_per_entry_errors(d: Daemon, tmpdir_s
     fresh = call([ents["small"]["id"]])["hashes"][0]
     assert fresh["hash"] == blake3.blake3(b"SMALL").hexdigest() and not fresh["cached"]
 
+    # A symlink swapped in for an indexed file (uncached, then cached): never followed.
+    x = ents["d/x"]["id"]
+    assert call([x])["hashes"][0]["hash"] == blake3.blake3(b"x").hexdigest()
+    write(tree / "plain", b"plain")
+    d.sd("location", "rescan", "1", "--wait", check=True)
+    plain = {e["path"]: e["id"] for e in d.sd_json("entries", "ls", "--limit", "0")}["plain"]
+    for entry_id, path in ((x, tree / "d" / "x"), (plain, tree / "plain")):
+        path.unlink()
+        os.symlink(tree / "big", path)
+        swapped = call([entry_id])["hashes"][0]
+        assert swapped["hash"] is None and "symbolic link" in swapped["error"]["message"]
+
     r = d.rpc("query:entries.content_hash.v1", {"entry_ids": list(range(1, 1002))}, lib)
     assert r["error"]["code"] == -32602
     out = d.sd_json("call", "query:entries.content_hash.v1",

@@ -166,8 +166,9 @@ class Dirs:
         except OSError as e:
             raise _os_error(e, rel) from None
 
-    def open_file(self, rel: str) -> int:
-        """Like ``open_file``: an fd on the regular file ``rel``. Raises SdErrors."""
+    def open_file(self, rel: str) -> tuple[int, os.stat_result]:
+        """Like ``open_file``: an fd on the regular file ``rel``, and its status. Raises
+        SdErrors."""
         parts = _components(rel)
         try:
             fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=self._dir("/".join(parts[:-1])))
@@ -177,7 +178,7 @@ class Dirs:
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise errors.InvalidState(f"{rel} is not a regular file (it is a {kind_of(st.st_mode)})")
-        return fd
+        return fd, st
 
     def close(self) -> None:
         fds, self._fds = self._fds, {}

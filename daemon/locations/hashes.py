@@ -163,22 +163,23 @@ class _Hashing:
 
     def _hash(self, entry_id: int, row: _Row, d: fs.Dirs) -> ContentHash:
         key = (row.dev, row.inode)
-        st = d.lstat(row.path)  # no symlink followed, at any level
-        if stat.S_ISLNK(st.st_mode):
-            raise errors.InvalidState(f"{row.path} is (or passes through) a symbolic link; "
-                                      "not followed", {"path": row.path})
-        why = _changed(st, row)
-        if why is not None:
-            raise errors.InvalidState(f"{row.path}: {why}", {"path": row.path})
-        if key in self.fresh:
-            return ContentHash(entry_id, self.fresh[key][5], row.size, row.dev, row.inode, True)
-        if row.c_hash is not None and stat.S_ISREG(st.st_mode) and (
-                row.c_size, row.c_mtime_ns, row.c_ctime_ns) == (
-                st.st_size, st.st_mtime_ns, st.st_ctime_ns):
-            return ContentHash(entry_id, row.c_hash, row.size, row.dev, row.inode, True)
-        fd = d.open_file(row.path)
+        if key in self.fresh or row.c_hash is not None:
+            # Perhaps known: the file's status alone decides, without opening it.
+            st = d.lstat(row.path)  # no symlink followed, at any level
+            if stat.S_ISLNK(st.st_mode):
+                raise errors.InvalidState(f"{row.path} is (or passes through) a symbolic link; "
+                                          "not followed", {"path": row.path})
+            why = _changed(st, row)
+            if why is not None:
+                raise errors.InvalidState(f"{row.path}: {why}", {"path": row.path})
+            if key in self.fresh:
+                return ContentHash(entry_id, self.fresh[key][5], row.size, row.dev, row.inode,
+                                   True)
+            if stat.S_ISREG(st.st_mode) and (row.c_size, row.c_mtime_ns, row.c_ctime_ns) == (
+                    st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+                return ContentHash(entry_id, row.c_hash, row.size, row.dev, row.inode, True)
+        fd, st = d.open_file(row.path)  # O_NOFOLLOW: a symlink is refused here too
         try:
-            st = os.fstat(fd)
             why = _changed(st, row)
             if why is not None:
                 raise errors.InvalidState(f"{row.path}: {why}", {"path": row.path})
