@@ -87,6 +87,15 @@ def test_a_new_file_fires_the_job_and_bursts_coalesce(daemon: Daemon, tmpdir_sho
     wait_for(lambda: any(state_of(j)["entry_ids"] == [new]
                          for j in trigger_jobs(daemon, lib, "watcher-ext")), 10, "fired again")
 
+    # A file that appeared while the daemon was down: the rescan at start announces it.
+    daemon.stop()
+    (tree / "while-down.txt").write_bytes(b"d")
+    daemon.start()
+    down = wait_for(lambda: index(daemon, lib, loc).get("while-down.txt"), 30, "indexed")["id"]
+    wait_for(lambda: any(state_of(j)["entry_ids"] == [down]
+                         for j in trigger_jobs(daemon, lib, "watcher-ext")), 30,
+             "a trigger job for the file created while the daemon was down")
+
 
 def test_a_trigger_outside_the_granted_libraries_is_refused(daemon: Daemon,
                                                             tmpdir_short: Path) -> None:

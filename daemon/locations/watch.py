@@ -29,6 +29,7 @@ import asyncio
 import errno
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from asyncinotify import Event as InotifyEvent
@@ -40,7 +41,9 @@ from daemon.events import (
     EntriesMoved,
     EntriesRemoved,
     EventBus,
+    JobCompleted,
     JobEvent,
+    JobPaused,
 )
 from daemon.locations import INDEX_JOB, live, store
 from daemon.locations.fs import join
@@ -52,6 +55,7 @@ log = logging.getLogger("sd.watch")
 
 QUIET_S = 0.05  # a batch is cut this long after the last event ...
 MAX_WAIT_S = 0.25  # ... or this long after its first one
+ANNOUNCE_CHUNK = 10_000  # entry ids per entries.created event after a rescan
 READ_CACHE = 1024  # events (of the longest name) read per syscall
 _MASK = (Mask.CREATE | Mask.DELETE | Mask.MODIFY | Mask.ATTRIB | Mask.CLOSE_WRITE
          | Mask.MOVED_FROM | Mask.MOVED_TO | Mask.DELETE_SELF | Mask.MOVE_SELF
@@ -85,7 +89,9 @@ class LocationWatcher:
     """The watches of one location and its pending changes."""
 
     def __init__(self, bus: EventBus, lib: Library, location_id: int, root: str,
-                 max_watches: int, retry_s: float) -> None:
+                 max_watches: int, retry_s: float,
+                 rescan: Callable[[Library, int, str], Awaitable[str | None]]) -> None:
+        self.rescan = rescan
         self.bus, self.lib, self.location_id, self.root = bus, lib, location_id, root
         self.max_watches = max_watches
         self.retry_s = retry_s
@@ -334,7 +340,7 @@ class LocationWatcher:
         await self._apply()
 
     async def _fall_back(self, reason: str, short: str) -> None:
-        job_id = await request_rescan(self.lib, self.location_id, reason)
+        job_id = await self.rescan(self.lib, self.location_id, reason)
         self.fallback_job = job_id
         self.note = (f"{short} at {time.strftime('%Y-%m-%d %H:%M:%S')}: "
                      + (f"rescan job {job_id}" if job_id else "an indexer job was running"))
@@ -412,6 +418,8 @@ class WatchService:
         self.retry_s = retry_s
         self._watchers: dict[tuple[str, int], LocationWatcher] = {}
         self._listener: asyncio.Task[None] | None = None
+        # Rescans this service dispatched: (library, location, largest entry id before it).
+        self._announce: dict[str, tuple[Library, int, int]] = {}
 
     async def start_all(self, libraries: list[Library]) -> None:
         """At daemon start: watch every location that has watching on, then reconcile it
@@ -422,7 +430,7 @@ class WatchService:
             for loc_id, _ in await lib.db.run(store.watched_locations):
                 try:
                     await self.start(lib, loc_id)
-                    await request_rescan(lib, loc_id)
+                    await self.rescan(lib, loc_id)
                 except Exception as e:  # noqa: BLE001 - one location must not stop the others
                     log.error("location %d of library %s: cannot watch: %s", loc_id, lib.id, e)
 
@@ -435,7 +443,7 @@ class WatchService:
             self._listener = asyncio.create_task(self._listen(), name="watch-job-ends")
         root = await lib.db.run(lambda c: store.location_root(c, location_id))
         w = LocationWatcher(self.bus, lib, location_id, root, self.max_watches,
-                            self.retry_s)
+                            self.retry_s, self.rescan)
         self._watchers[(lib.id, location_id)] = w
         try:
             await w.start()
@@ -469,13 +477,43 @@ class WatchService:
         for key in list(self._watchers):
             await self.stop(*key)
 
+    async def rescan(self, lib: Library, location_id: int, reason: str = "") -> str | None:
+        """``request_rescan``, and once it completes, ``entries.created`` for the entries it
+        inserted (what appeared while the daemon was down or events were lost), so that
+        triggers see them too. Modified and removed ones are not announced."""
+        max_id = await lib.db.run(lambda c: int(c.execute(
+            "SELECT coalesce(max(id), 0) FROM entries").fetchone()[0]))
+        job_id = await request_rescan(lib, location_id, reason)
+        if job_id is not None:
+            self._announce[job_id] = (lib, location_id, max_id)
+        return job_id
+
+    async def _announce_created(self, job_id: str, completed: bool) -> None:
+        lib, location_id, max_id = self._announce.pop(job_id)
+        if not completed:
+            return
+        try:
+            ids = await lib.db.run(lambda c: [r[0] for r in c.execute(
+                "SELECT id FROM entries WHERE location_id = ? AND id > ? AND missing = 0 "
+                "ORDER BY id", (location_id, max_id))])
+        except Exception as e:  # noqa: BLE001 - the library or location went meanwhile
+            log.debug("no entries.created after rescan %s: %s", job_id, e)
+            return
+        for i in range(0, len(ids), ANNOUNCE_CHUNK):
+            self.bus.publish(EntriesCreated(library_id=lib.id, location_id=location_id,
+                                            entry_ids=ids[i:i + ANNOUNCE_CHUNK]))
+
     async def _listen(self) -> None:
         sub = self.bus.subscribe(_JOB_ENDS, internal=True)
         try:
             while (event := await sub.get()) is not None:
-                if isinstance(event, JobEvent) and event.name == INDEX_JOB:
-                    for (lib_id, _), w in list(self._watchers.items()):
-                        if lib_id == event.library_id:
-                            w.poke()
+                if not isinstance(event, JobEvent) or event.name != INDEX_JOB:
+                    continue
+                if event.job_id in self._announce and not isinstance(event, JobPaused):
+                    # Before the poke: the batches that waited for the job come after.
+                    await self._announce_created(event.job_id, isinstance(event, JobCompleted))
+                for (lib_id, _), w in list(self._watchers.items()):
+                    if lib_id == event.library_id:
+                        w.poke()
         finally:
             sub.close()

@@ -11,7 +11,6 @@ import msgspec
 
 from daemon import errors
 from daemon.locations import IDENTIFY_JOB, INDEX_JOB, store
-from daemon.locations.watch import request_rescan
 from rpc.registry import OPERATIONS, Empty, OpContext
 
 if TYPE_CHECKING:
@@ -107,7 +106,7 @@ async def watch(ctx: OpContext, inp: Watch) -> dict[str, Any]:
     job_id = None
     if inp.on:
         await ctx.core.watches.start(lib, inp.id)
-        job_id = await request_rescan(lib, inp.id)
+        job_id = await ctx.core.watches.rescan(lib, inp.id)
     else:
         await ctx.core.watches.stop(lib.id, inp.id)
     return {"location": await _described(ctx, lib, inp.id), "job_id": job_id}
