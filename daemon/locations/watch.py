@@ -56,6 +56,7 @@ log = logging.getLogger("sd.watch")
 QUIET_S = 0.05  # a batch is cut this long after the last event ...
 MAX_WAIT_S = 0.25  # ... or this long after its first one
 ANNOUNCE_CHUNK = 10_000  # entry ids per entries.created event after a rescan
+MAX_FAILURES = 3  # batches failing in a row before the watcher gives up (state "stopped")
 READ_CACHE = 1024  # events (of the longest name) read per syscall
 _MASK = (Mask.CREATE | Mask.DELETE | Mask.MODIFY | Mask.ATTRIB | Mask.CLOSE_WRITE
          | Mask.MOVED_FROM | Mask.MOVED_TO | Mask.DELETE_SELF | Mask.MOVE_SELF
@@ -114,6 +115,8 @@ class LocationWatcher:
         self._retry: asyncio.TimerHandle | None = None
         self._again = False
         self._rewatching = False
+        self._failed: str | None = None
+        self._failures = 0
 
     # --- state ---------------------------------------------------------------------------
     def state(self) -> str:
@@ -303,6 +306,15 @@ class LocationWatcher:
         exc = task.exception()
         if exc is not None:
             log.error("location %d: applying changes failed: %r", self.location_id, exc)
+            self._failures += 1
+            if self._failures >= MAX_FAILURES:
+                self.stopped = f"applying changes failed {self._failures} times in a row: {exc}"
+                return
+            # What that batch held is not known to be in the index: rescan instead.
+            self._failed = f"{type(exc).__name__}: {exc}"
+            self._wake(now=True)
+            return
+        self._failures = 0
         if self.dirty or self.overflowed or self._again:
             self._again = False
             self._wake()
@@ -314,6 +326,12 @@ class LocationWatcher:
             return
         active = await self.lib.db.run(
             lambda c: store.active_jobs(c, self.location_id, (INDEX_JOB,)))
+        if self._failed:
+            why, self._failed = self._failed, None
+            self.dirty.clear()
+            await self._fall_back(f"applying live changes failed ({why}); the location is "
+                                  f"rescanned", "live update failed")
+            return
         if self.fallback_job and self.fallback_job not in active:
             self.fallback_job = None  # the fallback rescan ended
         if self.overflowed or self._rewatching:
