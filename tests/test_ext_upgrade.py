@@ -232,3 +232,26 @@ def test_compare_versions(a: str, b: str, order: int) -> None:
     from daemon.extensions.versions import compare_versions
 
     assert compare_versions(a, b) == order and compare_versions(b, a) == -order
+
+
+def test_install_over_an_installed_version_upgrades(ext_daemon: Daemon,
+                                                     tmpdir_short: Path) -> None:
+    """`sd ext install` of a newer version does what `sd ext upgrade` does; an older one is
+    refused with a pointer to `upgrade --force`."""
+    d = ext_daemon
+    d.sd("library", "create", "L", check=True)
+    v2 = counter_version(tmpdir_short / "src", "0.2.0", patched=True)
+    warm_cache(d, v2)
+    job = d.sd_json("job", "run", "test-extension", "counter", "--state",
+                    json.dumps({"target": 300, "spin": 3_000_000}))["job_id"]
+    wait_for(lambda: info(d, job)["checkpoints"] >= 3, 60, "three checkpoints")
+    r = d.sd("ext", "install", str(v2), check=True)
+    assert "test-extension 0.2.0: loaded" in r.stdout and "previous: 0.1.0" in r.stdout
+    final = d.watch_job(job)
+    assert final["status"] == "completed" and final["output"]["current"] == 300
+    assert [n.split(",")[0] for n in running_notes(d, job)] == [
+        "test-extension 0.1.0", "test-extension 0.2.0"]
+    v1 = counter_version(tmpdir_short / "src", "0.1.0", patched=False)
+    r = d.sd("ext", "install", str(v1))
+    assert r.returncode == 1 and "upgrade --force" in r.stderr
+    assert d.sd_json("ext", "info", "test-extension")["manifest"]["version"] == "0.2.0"

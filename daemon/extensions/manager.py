@@ -20,7 +20,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -298,19 +297,29 @@ class PluginManager:
             (dest / "manifest.json").read_bytes() == (source / "manifest.json").read_bytes() and \
             (dest / manifest.wasm_file).exists() and \
             _digest((dest / manifest.wasm_file).read_bytes()) == _digest(wasm)
-        if not same:
+        if not same and manifest.id in self.installed():
+            # Over an installed version: as `upgrade` does (the old one kept, jobs in flight
+            # continue); an older version only through `upgrade --force`.
+            current = read_manifest(dest)
+            order = compare_versions(manifest.version, current.version)
+            if order < 0:
+                raise errors.InvalidState(
+                    f"{manifest.id} {manifest.version} is older than the installed "
+                    f"{current.version}; use `sd ext upgrade --force` to go back to it")
+            if load:
+                await self._replace(manifest, source, f"install {manifest.version}")
+                return manifest
             async with self._lock:
                 was_loaded = self._plugins.get(manifest.id)
             if was_loaded is not None:
-                await self.unload_plugin(manifest.id, remember=False)
-            tmp = self.plugin_dir / f".{manifest.id}.installing"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(mode=0o700)
-            shutil.copyfile(source / "manifest.json", tmp / "manifest.json")
-            shutil.copyfile(source / manifest.wasm_file, tmp / manifest.wasm_file)
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.replace(tmp, dest)
+                await self.unload_plugin(manifest.id, remember=False, reason="upgrade")
+            await asyncio.to_thread(swap_in, self.plugin_dir, manifest.id, source,
+                                    ["manifest.json", manifest.wasm_file])
+            log.info("installed extension %s %s (the version before it is kept)",
+                     manifest.id, manifest.version)
+        elif not same:
+            await asyncio.to_thread(swap_in, self.plugin_dir, manifest.id, source,
+                                    ["manifest.json", manifest.wasm_file])
             log.info("installed extension %s %s", manifest.id, manifest.version)
         if load:
             await self.load_plugin(manifest.id)
