@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 EXT_BUILD := build/extensions
 PREFIX ?= /opt/sd
 
-.PHONY: setup extensions run test bench lint clean install-service uninstall-service
+.PHONY: setup extensions run test bench bench-scale lint clean install-service uninstall-service
 
 setup: $(STAMP)
 

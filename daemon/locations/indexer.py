@@ -16,11 +16,17 @@ directory's listing is diffed against its stored children:
 
 An unreadable directory is a warning and keeps its stored children.
 
-Writes go in batches of ``batch_size`` entries, one transaction each on the
-database thread while the walk lists the next batch; each committed batch is
-followed by a checkpoint holding the directories still to walk as of that
-batch (not files: the state is as big as the walk's frontier). Re-doing a batch after ``kill -9`` is harmless:
-the diff of an already-applied listing writes nothing.
+Writes go in batches of ``batch_size`` entries (or what 5 s of walking listed), one
+transaction each on the database thread while the walk lists the next batch; each
+committed batch is followed by a checkpoint holding the directories still to walk as
+of that batch (not files: the state is as big as the walk's frontier). Re-doing a
+batch after ``kill -9`` is harmless: the diff of an already-applied listing writes
+nothing.
+
+A directory whose listing hashes to what was last applied for it (table
+``dir_listings``) is not diffed at all: a rescan of an unchanged tree reads no
+stored rows. Triggers drop a directory's hash whenever any code changes one of its
+child rows, so the hash never vouches for rows it did not see written.
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ from daemon.libraries.db import transaction
 from daemon.locations import content, store
 from daemon.locations.fs import join
 
-FLUSH_EVERY_S = 1.0
+FLUSH_EVERY_S = 5.0
+PROGRESS_EVERY_S = 1.0
 WALK_CACHE_KIB_NEG = -64 * 1024  # PRAGMA cache_size in KiB (negative) during a walk
 _S_IFMT, _S_IFREG, _S_IFDIR, _S_IFLNK = 0o170000, 0o100000, 0o040000, 0o120000
 # An index job that inserted, moved or removed this many entries refreshes the planner's
@@ -57,7 +64,9 @@ class IndexInput(msgspec.Struct, forbid_unknown_fields=True):
     location_id: int
     # Also compute cas_ids (the locations.identify pass) once the walk is done.
     identify: bool = False
-    batch_size: int = 5000
+    # Large: every transaction rewrites the index pages it touched, and entries land at
+    # random places of the size indexes, so fewer, larger batches write far less.
+    batch_size: int = 50_000
     # Sleep after each committed batch: keeps a background rescan gentle on a busy disk
     # (tests use it to stop the daemon mid-walk deterministically).
     throttle_ms: int = 0
@@ -197,6 +206,7 @@ class Walker:
         pending = 0
         last = time.monotonic()
         known = self.known
+        shown = last
         while self.stack:
             rel = self.stack.pop()
             listing = self.list_dir(rel)
@@ -207,9 +217,13 @@ class Walker:
             else:
                 batch.append((rel, listing, None, False))
                 pending += 1
-            if pending >= self.inp.batch_size or time.monotonic() - last >= FLUSH_EVERY_S:
+            now = time.monotonic()
+            if pending >= self.inp.batch_size or now - last >= FLUSH_EVERY_S:
                 self.flush(batch)
-                batch, pending, last = [], 0, time.monotonic()
+                batch, pending, last = [], 0, now
+            elif now - shown >= PROGRESS_EVERY_S:
+                shown = now
+                self.show_progress(self.counts.seen + pending, len(self.stack))
         if batch:
             self.flush(batch)
         self.settle()
@@ -238,17 +252,22 @@ class Walker:
         c.moved += res.moved
         self.ctx.increment_items(seen)
         self.state.update(stack=stack, counts=msgspec.to_builtins(c))
-        expect = self.state.get("expect") or 0
-        estimate = (min(c.seen / expect, 0.99) if expect
-                    else c.dirs / (c.dirs + len(stack)) * 0.99)
-        self.progress = max(self.progress, estimate * (0.5 if self.inp.identify else 1.0))
-        self.ctx.report_progress(self.progress,
-                                 f"indexed {c.seen} entries, {len(stack)} directories to go")
+        self.show_progress(c.seen, len(stack))
         self.ctx.checkpoint(self.state)
         if self.ctx.check_interrupt() is not Interrupt.CONTINUE:
             raise Interrupted()
         if self.inp.throttle_ms:
             time.sleep(self.inp.throttle_ms / 1000)
+
+    def show_progress(self, seen: int, to_go: int) -> None:
+        """Progress by entries seen (of those stored before) or by directories walked."""
+        expect = self.state.get("expect") or 0
+        dirs = self.counts.dirs
+        estimate = (min(seen / expect, 0.99) if expect
+                    else dirs / (dirs + to_go) * 0.99 if dirs + to_go else 0.0)
+        self.progress = max(self.progress, estimate * (0.5 if self.inp.identify else 1.0))
+        self.ctx.report_progress(self.progress,
+                                 f"indexed {seen} entries, {to_go} directories to go")
 
     def list_dir(self, rel: str) -> Listing:
         return list_directory(self.root, rel, self.ctx.add_warning, self.stack)

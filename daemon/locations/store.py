@@ -210,7 +210,7 @@ _ORDERED_BY_SIZE = {  # driving filter -> index in (size, id) order within one k
 }
 # min_size with order=id: sort the matching ids when at most this many match, else
 # walk the primary key (then at least this many of the library's rows match).
-MIN_SIZE_SORT_LIMIT = 20_000
+MIN_SIZE_SORT_LIMIT = 5_000
 
 
 def entries_sql(conn: sqlite3.Connection, q: EntryQuery) -> tuple[str, list[Any]]:
