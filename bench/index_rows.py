@@ -141,13 +141,21 @@ async def run(tmp: Path, *, rounds: int, files: int = FILES) -> Row:
     seconds = result["index_seconds"]
     seen = (result["index_output"] or {}).get("seen", entries)
     value = seen / seconds
+    walk = median(with_stat)
     extra.update(result, entries_seen=seen)
+    ratio = value / walk
+    rescan_ratio = None
     rescan = ""
     if "rescan_seconds" in result:
         extra["rescan_entries_per_s"] = seen / result["rescan_seconds"]
+        rescan_ratio = extra["rescan_entries_per_s"] / walk
+        extra["rescan_ratio"] = rescan_ratio
         rescan = (f"; incremental rescan of the unchanged tree: "
-                  f"{extra['rescan_entries_per_s']:,.0f} entries/s")
-    return Row("indexing", WHAT, "entries/s", value, "os.scandir walk", base, value / base,
-               "report (target after first figure)", None,
+                  f"{extra['rescan_entries_per_s']:,.0f} entries/s = {rescan_ratio:.2f}x of "
+                  f"the walk (target >= 0.75x)")
+    met = ratio >= 0.5 and rescan_ratio is not None and rescan_ratio >= 0.75
+    return Row("indexing", WHAT, "entries/s", value, "os.scandir + lstat walk", walk, ratio,
+               ">= 50% of the walk, rescan >= 75%", met,
                note=(f"{OP} until its job completed, {seen:,} entries in {seconds:.1f} s"
-                     f"{rescan}; " + note), extra=extra)
+                     f"{rescan}; bare scandir walk (no lstat): {base:,.0f} entries/s; " + note),
+               extra=extra)

@@ -106,8 +106,8 @@ def plan(conn: sqlite3.Connection, q: store.EntryQuery) -> str:
     return " | ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
 
 
-# Filters whose matches are sorted per page (bounded by one directory, one tag, one content id).
-SORTED_BY_SIZE = ("parent", "tag", "cas_id")
+# Filters whose matches are sorted per page in size order (one directory's, one content id's).
+SORTED_BY_SIZE = ("parent", "cas_id")
 
 
 @pytest.mark.parametrize(("f", "order", "deep"),
@@ -115,7 +115,7 @@ SORTED_BY_SIZE = ("parent", "tag", "cas_id")
 def test_query_plans_use_an_index_in_page_order(f: dict[str, Any], order: str,
                                                 deep: bool) -> None:
     """Every page starts where the cursor is, in an index that is in the page's order;
-    only a directory's, a tag's or a content id's matches are ever sorted."""
+    only a directory's or a content id's matches are ever sorted."""
     conn, _ = library(n=200)
     conn.execute("ANALYZE")
     cursor = None if not deep else ("id:100" if order == "id" else "size:20:100")
@@ -130,15 +130,19 @@ def test_query_plans_use_an_index_in_page_order(f: dict[str, Any], order: str,
     if "TEMP B-TREE" in p:
         # (min_size in id order sorts its matches only when they are few: the test below)
         assert (order == "size" and driver) or (order == "id" and "min_size" in f), p
+    if "tag" in f and order == "id":
+        assert "SEARCH t USING PRIMARY KEY (tag_id=?" in p, p
+        assert ("entry_id>?" in p) == deep, p
+        return
+    if "tag" in f:
+        assert "entry_tags_by_size (tag_id=?" in p and "TEMP B-TREE" not in p, p
+        assert ("(size,entry_id)>(?,?)" in p) == deep, p
+        return
     if order == "id" and not driver and not {"location_id", "extension"} & set(f) and \
             f.get("kind") in (None, "file"):
         # No index on the filter: the primary key is walked from the cursor.
         assert ("SEARCH e USING INTEGER PRIMARY KEY (rowid>?)" in p) == deep or \
             "min_size" in f, p
-        return
-    if "tag" in f:
-        assert "SEARCH t USING PRIMARY KEY (tag_id=?" in p, p
-        assert ("entry_id>?" in p) == (deep and order == "id"), p
         return
     assert "e USING INDEX" in p or "e USING COVERING INDEX" in p, p
     if deep and not driver:
@@ -166,3 +170,25 @@ def test_a_size_cursor_starts_the_range_even_with_min_size() -> None:
     p = plan(conn, store.EntryQuery(location_id=1, kind="file", min_size=1, order="size",
                                     cursor="size:30:5"))
     assert "entries_by_size (location_id=? AND size>?)" in p, p
+
+
+def test_a_tagged_entry_keeps_its_size_in_entry_tags() -> None:
+    """entry_tags.size (migration 7) follows the entry's size, so tag pages in size order
+    stay right when a rescan changes a tagged file."""
+    conn, rows = library(n=300)
+    tagged = [r["id"] for r in rows if 1 in r["tags"] and not r["missing"]]
+    conn.execute("UPDATE entries SET size = 1000 + id WHERE id = ?", (tagged[0],))
+    conn.execute("UPDATE entries SET size = 0 WHERE id = ?", (tagged[-1],))
+    got: list[int] = []
+    cursor = None
+    while True:
+        page = store.list_entries(conn, store.EntryQuery(tag=1, order="size", cursor=cursor,
+                                                         limit=7))
+        got += [e.id for e in page.entries]
+        assert [e.size for e in page.entries] == sorted(e.size for e in page.entries)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    sizes = dict(conn.execute("SELECT id, size FROM entries"))
+    assert got == sorted(tagged, key=lambda i: (sizes[i], i))
+    assert got[-1] == tagged[0]

@@ -146,4 +146,14 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE locations ADD COLUMN watch INTEGER NOT NULL DEFAULT 1
     """,
+    # 7: each tagged entry's size in entry_tags, kept equal to the entry's by triggers, so
+    # one tag's entries walk in size order from a cursor (entries.list by tag, order=size)
+    # instead of being fetched and sorted on every page.
+    """
+    ALTER TABLE entry_tags ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+    UPDATE entry_tags SET size = (SELECT e.size FROM entries e WHERE e.id = entry_tags.entry_id);
+    CREATE INDEX entry_tags_by_size ON entry_tags (tag_id, size, entry_id);
+    CREATE TRIGGER entry_tags_take_size AFTER INSERT ON entry_tags BEGIN UPDATE entry_tags SET size = (SELECT e.size FROM entries e WHERE e.id = NEW.entry_id) WHERE tag_id = NEW.tag_id AND entry_id = NEW.entry_id; END;
+    CREATE TRIGGER entries_size_to_tags AFTER UPDATE OF size ON entries BEGIN UPDATE entry_tags SET size = NEW.size WHERE entry_id = NEW.id; END
+    """,
 ]

@@ -155,8 +155,9 @@ def index_job(ctx: JobContext, inp: IndexInput) -> dict[str, Any]:
             db.run_sync(lambda c: c.execute("PRAGMA cache_size=-2000"))
         state["phase"] = "sweep"
     if state["phase"] == "sweep":
+        moved = counts.moved > 0 or ctx.resumed
         counts.removed += _guard(ctx, lambda: db.run_sync(
-            lambda c: finish_scan(c, inp.location_id)))
+            lambda c: finish_scan(c, inp.location_id, moved)))
         if counts.inserted + counts.removed + counts.moved >= ANALYZE_AFTER_CHANGES:
             db.run_sync(store.refresh_statistics)
         state.update(phase="identify" if inp.identify else "done", stack=[],
@@ -504,8 +505,9 @@ def _delete_subtree(conn: sqlite3.Connection, location_id: int, path: str) -> in
                         (location_id, path + "/", path + "0")).rowcount
 
 
-def finish_scan(conn: sqlite3.Connection, location_id: int) -> int:
-    """Delete what the walk found gone (with subtrees) and any orphan; returns rows deleted."""
+def finish_scan(conn: sqlite3.Connection, location_id: int, moved: bool = True) -> int:
+    """Delete what the walk found gone (with subtrees) and, if ``moved`` (the walk moved
+    entries, or may have: it was resumed), any orphan; returns rows deleted."""
     store.require_location(conn, location_id)
     removed = 0
     with transaction(conn):
@@ -514,7 +516,9 @@ def finish_scan(conn: sqlite3.Connection, location_id: int) -> int:
             removed += _delete_subtree(conn, location_id, path)
         removed += conn.execute("DELETE FROM entries WHERE location_id = ? AND missing = 1",
                                 (location_id,)).rowcount
-        while True:  # entries whose directory is not stored (only after an interrupted move)
+        # Entries whose directory is not stored: only a subtree move can leave them (a row
+        # its UPDATE OR IGNORE skipped); the check reads every row, so only after moves.
+        while moved:
             n = conn.execute(
                 "DELETE FROM entries WHERE location_id = ? AND parent != '' AND NOT EXISTS "
                 "(SELECT 1 FROM entries p WHERE p.location_id = entries.location_id "

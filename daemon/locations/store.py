@@ -231,12 +231,18 @@ def entries_sql(conn: sqlite3.Connection, q: EntryQuery) -> tuple[str, list[Any]
     # The most selective filter that has an index drives the page.
     driver = next((f for f in ("cas_id", "parent", "extension", "kind", "location_id")
                    if given[f] is not None), None)
+    if q.min_size is not None and q.order == "size" and (key is None or (q.min_size, 0) > key):
+        # (size, id) > (min_size, 0) is size >= min_size: the range starts there.
+        key = (q.min_size, 0)
     if q.tag is not None:
-        # entry_tags (tag_id, entry_id) walks one tag's entries in id order.
-        head = "SELECT e.id FROM entry_tags t CROSS JOIN entries e ON e.id = t.entry_id"
-        where, args = _filters(q, key, "t.entry_id")
+        # entry_tags walks one tag's entries in id order (its primary key) or in size
+        # order (entry_tags_by_size: its size column follows the entry's, migration 7).
+        head = ("SELECT e.id FROM entry_tags t " + ("INDEXED BY entry_tags_by_size "
+                                                    if q.order == "size" else "")
+                + "CROSS JOIN entries e ON e.id = t.entry_id")
+        where, args = _filters(q, key, "t.entry_id", "t.size")
         return _page(head, ["t.tag_id = ?", *where], [resolve_tag(conn, q.tag), *args], q,
-                     "t.entry_id")
+                     "t.entry_id", "t.size")
     where, args = _filters(q, key, "e.id")
     if q.order == "id":
         index = _ORDERED_BY_ID.get(driver) if driver else None
@@ -261,8 +267,8 @@ def entries_sql(conn: sqlite3.Connection, q: EntryQuery) -> tuple[str, list[Any]
             + [q.limit + 1])
 
 
-def _filters(q: EntryQuery, key: tuple[int, ...] | None, id_col: str
-             ) -> tuple[list[str], list[Any]]:
+def _filters(q: EntryQuery, key: tuple[int, ...] | None, id_col: str,
+             size_col: str = "e.size") -> tuple[list[str], list[Any]]:
     """WHERE terms and their arguments for every filter and the cursor, but the tag."""
     where: list[str] = ["e.missing = 0"]
     args: list[Any] = []
@@ -282,14 +288,14 @@ def _filters(q: EntryQuery, key: tuple[int, ...] | None, id_col: str
         where.append("+e.size >= ?" if key is not None and q.order == "size" else "e.size >= ?")
         args.append(q.min_size)
     if key is not None:
-        where.append(f"{id_col} > ?" if q.order == "id" else f"(e.size, {id_col}) > (?, ?)")
+        where.append(f"{id_col} > ?" if q.order == "id" else f"({size_col}, {id_col}) > (?, ?)")
         args.extend(key)
     return where, args
 
 
 def _page(head: str, where: list[str], args: list[Any], q: EntryQuery,
-          id_col: str) -> tuple[str, list[Any]]:
-    order = f" ORDER BY {id_col}" if q.order == "id" else f" ORDER BY e.size, {id_col}"
+          id_col: str, size_col: str = "e.size") -> tuple[str, list[Any]]:
+    order = f" ORDER BY {id_col}" if q.order == "id" else f" ORDER BY {size_col}, {id_col}"
     return head + " WHERE " + " AND ".join(where) + order + " LIMIT ?", [*args, q.limit + 1]
 
 
