@@ -52,6 +52,7 @@ from daemon.locations.fs import join
 FLUSH_EVERY_S = 5.0
 PROGRESS_EVERY_S = 1.0
 WALK_CACHE_KIB_NEG = -64 * 1024  # PRAGMA cache_size in KiB (negative) during a walk
+WALK_CHECKPOINT_PAGES = 16_384  # PRAGMA wal_autocheckpoint during a walk (64 MiB of WAL)
 _S_IFMT, _S_IFREG, _S_IFDIR, _S_IFLNK = 0o170000, 0o100000, 0o040000, 0o120000
 # An index job that inserted, moved or removed this many entries refreshes the planner's
 # statistics (ANALYZE with a sampling limit: milliseconds).
@@ -148,11 +149,13 @@ def index_job(ctx: JobContext, inp: IndexInput) -> dict[str, Any]:
         # A page cache that holds the entries' indexes while a walk writes them (random
         # inserts into a million-entry index would otherwise read and write the disk);
         # given back when the walk ends.
-        db.run_sync(lambda c: c.execute(f"PRAGMA cache_size={WALK_CACHE_KIB_NEG}"))
+        # Checkpoints less often, too: a page that many batches rewrite is copied into
+        # the database once per checkpoint, not once per batch.
+        db.run_sync(_walk_settings)
         try:
             Walker(ctx, inp, root, state, counts).run()
         finally:
-            db.run_sync(lambda c: c.execute("PRAGMA cache_size=-2000"))
+            db.run_sync(_default_settings)
         state["phase"] = "sweep"
     if state["phase"] == "sweep":
         moved = counts.moved > 0 or ctx.resumed
@@ -172,6 +175,16 @@ def index_job(ctx: JobContext, inp: IndexInput) -> dict[str, Any]:
         out["identify"] = _guard(ctx, lambda: content.identify(
             ctx, inp.location_id, dict(state.get("identify") or {}), extra, progress_from=0.5))
     return out
+
+
+def _walk_settings(conn: sqlite3.Connection) -> None:
+    conn.execute(f"PRAGMA cache_size={WALK_CACHE_KIB_NEG}")
+    conn.execute(f"PRAGMA wal_autocheckpoint={WALK_CHECKPOINT_PAGES}")
+
+
+def _default_settings(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA cache_size=-2000")
+    conn.execute("PRAGMA wal_autocheckpoint=1000")
 
 
 def _guard(ctx: JobContext, fn: Callable[[], T]) -> T:

@@ -74,7 +74,8 @@ class EntryPage(msgspec.Struct):
 # --- locations -------------------------------------------------------------------------------
 _LOCATION_SQL = """
     SELECT l.id, l.name, l.path, l.created_at, l.indexed_at,
-           (SELECT count(*) FROM entries e WHERE e.location_id = l.id AND e.missing = 0),
+           (SELECT count(*) FROM entries e WHERE e.location_id = l.id)
+           - (SELECT count(*) FROM entries e WHERE e.location_id = l.id AND e.missing = 1),
            l.index_job_id, j.status, l.watch = 1
     FROM locations l LEFT JOIN jobs j ON j.id = l.index_job_id
 """
