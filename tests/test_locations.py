@@ -574,3 +574,22 @@ async def test_identify_many_files_in_threads_and_skips_what_changed(
     for rel, data in contents.items():
         want = None if rel in skipped else content.cas_id_of_bytes(data)
         assert entries[rel]["cas_id"] == want, rel
+
+
+async def test_rescan_sweeps_entries_whose_directory_is_not_stored(
+        core: Core, lib: Library, tmp_path: Path) -> None:
+    """Rows under a directory with no row of its own (what an interrupted or ignored subtree
+    move leaves) are deleted by the next rescan, nested ones too."""
+    tree = make_tree(tmp_path / "tree", locked=False)
+    loc, _ = await index(core, lib, tree)
+
+    def orphans(c: Any) -> None:
+        for path, parent, kind in (("gone/x.txt", "gone", "file"), ("gone/sub", "gone", "dir"),
+                                   ("gone/sub/y.txt", "gone/sub", "file")):
+            c.execute("INSERT INTO entries (location_id, path, parent, name, extension, kind, "
+                      "size, mtime_ns, dev, inode) VALUES (?, ?, ?, ?, '', ?, 1, 0, 0, 0)",
+                      (loc, path, parent, path.rsplit("/", 1)[1], kind))
+    await lib.db.run(orphans)
+    out = await rescan(core, lib, loc)
+    assert out["removed"] == 3
+    assert shape(await by_path(core, lib)) == expected_index(tree)

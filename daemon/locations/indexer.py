@@ -158,9 +158,8 @@ def index_job(ctx: JobContext, inp: IndexInput) -> dict[str, Any]:
             db.run_sync(_default_settings)
         state["phase"] = "sweep"
     if state["phase"] == "sweep":
-        moved = counts.moved > 0 or ctx.resumed
         counts.removed += _guard(ctx, lambda: db.run_sync(
-            lambda c: finish_scan(c, inp.location_id, moved)))
+            lambda c: finish_scan(c, inp.location_id)))
         if counts.inserted + counts.removed + counts.moved >= ANALYZE_AFTER_CHANGES:
             db.run_sync(store.refresh_statistics)
         state.update(phase="identify" if inp.identify else "done", stack=[],
@@ -518,9 +517,8 @@ def _delete_subtree(conn: sqlite3.Connection, location_id: int, path: str) -> in
                         (location_id, path + "/", path + "0")).rowcount
 
 
-def finish_scan(conn: sqlite3.Connection, location_id: int, moved: bool = True) -> int:
-    """Delete what the walk found gone (with subtrees) and, if ``moved`` (the walk moved
-    entries, or may have: it was resumed), any orphan; returns rows deleted."""
+def finish_scan(conn: sqlite3.Connection, location_id: int) -> int:
+    """Delete what the walk found gone (with subtrees) and any orphan; returns rows deleted."""
     store.require_location(conn, location_id)
     removed = 0
     with transaction(conn):
@@ -529,15 +527,18 @@ def finish_scan(conn: sqlite3.Connection, location_id: int, moved: bool = True) 
             removed += _delete_subtree(conn, location_id, path)
         removed += conn.execute("DELETE FROM entries WHERE location_id = ? AND missing = 1",
                                 (location_id,)).rowcount
-        # Entries whose directory is not stored: only a subtree move can leave them (a row
-        # its UPDATE OR IGNORE skipped); the check reads every row, so only after moves.
-        while moved:
-            n = conn.execute(
-                "DELETE FROM entries WHERE location_id = ? AND parent != '' AND NOT EXISTS "
-                "(SELECT 1 FROM entries p WHERE p.location_id = entries.location_id "
-                "AND p.path = entries.parent)", (location_id,)).rowcount
-            removed += n
-            if not n:
+        # Entries whose directory is not stored (a row a subtree move's UPDATE OR IGNORE
+        # left behind): found by their parent paths, each looked up once, not row by row.
+        while True:
+            orphaned = [(parent,) for (parent,) in conn.execute(
+                "SELECT DISTINCT parent FROM entries INDEXED BY entries_by_parent "
+                "WHERE location_id = ? AND parent != ''", (location_id,)).fetchall()
+                if conn.execute("SELECT 1 FROM entries WHERE location_id = ? AND path = ?",
+                                (location_id, parent)).fetchone() is None]
+            if not orphaned:
                 break
+            for (parent,) in orphaned:
+                removed += conn.execute("DELETE FROM entries WHERE location_id = ? AND parent = ?",
+                                        (location_id, parent)).rowcount
         conn.execute("UPDATE locations SET indexed_at = ? WHERE id = ?", (time.time(), location_id))
     return removed
