@@ -53,12 +53,22 @@ def job_list(ctx: Ctx, status: str | None, extension_id: str | None,
 
 @job.command("info")
 @click.argument("job_id")
+@click.option("--transitions", "table", is_flag=True,
+              help="Transitions as a table: when, status, note (e.g. each run's version)")
 @library_option
 @pass_ctx
-def job_info(ctx: Ctx, job_id: str, library: str | None) -> None:
+def job_info(ctx: Ctx, job_id: str, table: bool, library: str | None) -> None:
     """Show one job, with its transitions."""
+    def human(r: dict[str, Any]) -> None:
+        if not table:
+            print_kv(r)
+            return
+        print_kv({k: v for k, v in r.items() if k != "transitions"})
+        click.echo()
+        print_table([{"at": fmt_time(t["at"]), "status": t["status"], "note": t["note"]}
+                     for t in r.get("transitions") or []], ["at", "status", "note"])
     ctx.out(ctx.lib_call(library, "query:jobs.info.v1", {"id": job_id, "transitions": True}),
-            print_kv)
+            human)
 
 
 def _control(verb: str) -> click.Command:

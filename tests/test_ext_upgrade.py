@@ -94,8 +94,11 @@ def test_counter_continues_on_the_new_version(ext_daemon: Daemon, tmpdir_short: 
     assert notes[0].rsplit(" ", 1)[1] != notes[1].rsplit(" ", 1)[1]
     statuses = [(t["status"], t["note"]) for t in info(d, job)["transitions"]]
     assert ("paused", "upgrade") in statuses
-    r = d.sd("job", "info", job, check=True)
-    assert "test-extension 0.2.0, module sha256" in r.stdout  # shown by `sd job info`
+    r = d.sd("job", "info", job, "--transitions", check=True)
+    rows = [ln.split(None, 3) for ln in r.stdout.splitlines()
+            if re.match(r"\s*\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+running", ln)]
+    assert [row[3].split(",")[0] for row in rows] == ["test-extension 0.1.0",
+                                                      "test-extension 0.2.0"], r.stdout
 
     # A downgrade needs --force; a rollback does not.
     v1 = counter_version(tmpdir_short / "src", "0.1.0", patched=False)

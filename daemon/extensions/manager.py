@@ -132,6 +132,7 @@ class PluginManager:
         self._on_loaded = on_loaded
         self._plugins: dict[str, Plugin] = {}
         self._lock = asyncio.Lock()
+        self._replacing = asyncio.Lock()
         self.stats = StatsBook(plugin_dir / "stats.json")
         # Job names each extension registered in any version loaded here (jobs.json): a
         # job one no longer registers pauses for a rollback instead of failing.
@@ -451,6 +452,10 @@ class PluginManager:
         return manifest
 
     async def _replace(self, manifest: Manifest, source: Path, what: str) -> None:
+        async with self._replacing:  # one upgrade, rollback or install-over at a time
+            await self._replace_locked(manifest, source, what)
+
+    async def _replace_locked(self, manifest: Manifest, source: Path, what: str) -> None:
         trial = Plugin(manifest, source)
         try:
             await asyncio.to_thread(self._load_blocking, trial)  # refuses a bad module
