@@ -109,6 +109,8 @@ class LibraryManager:
         self._libraries: dict[str, Library] = {}
         self._unavailable: dict[str, UnavailableLibrary] = {}
         self._lock = asyncio.Lock()
+        # Isolated libraries whose jobs are still stopping and database still closing.
+        self._closing: dict[str, asyncio.Task[None]] = {}
         self._loop = asyncio.get_running_loop()
         # Called with a library about to be deleted, before its jobs stop and its db closes.
         self.before_close: list[Callable[[Library], Awaitable[None]]] = []
@@ -240,15 +242,15 @@ class LibraryManager:
         async with self._lock:
             bad = self._unavailable.pop(library_id, None)
             if bad is not None:
+                closing = self._closing.get(library_id)
+                if closing is not None:  # isolated a moment ago: its database is still open
+                    await asyncio.wait({closing})
                 await asyncio.to_thread(shutil.rmtree, bad.path, True)
                 name = bad.name
             else:
                 lib = self.get(library_id)
                 del self._libraries[library_id]
-                for callback in self.before_close:
-                    await callback(lib)
-                await lib.jobs.shutdown(grace=2.0)
-                await lib.db.close()
+                await self._take_down(lib, grace=2.0)
                 await asyncio.to_thread(shutil.rmtree, lib.path)
                 name = lib.name
         log.info("deleted library %s (%s)", library_id, name)
@@ -290,9 +292,18 @@ class LibraryManager:
             return
         del self._libraries[lib.id]
         self._mark_unavailable(lib.id, lib.path, reason, lib.name, lib.created_at)
+        # A task of its own, held here: a delete of the library and the daemon's shutdown
+        # wait for it, and it finishes even if the caller that found the damage goes away.
+        task = asyncio.ensure_future(self._take_down(lib, grace=1.0))
+        self._closing[lib.id] = task
+        task.add_done_callback(lambda _: self._closing.pop(lib.id, None))
+        await asyncio.shield(task)
+
+    async def _take_down(self, lib: Library, grace: float) -> None:
+        """Stop a library that left ``_libraries``: watchers, then its jobs, then its database."""
         for callback in self.before_close:
             await callback(lib)
-        await lib.jobs.shutdown(grace=1.0)
+        await lib.jobs.shutdown(grace=grace)
         await lib.db.close()
 
     async def close_all(self, grace: float) -> None:
@@ -301,6 +312,8 @@ class LibraryManager:
         await asyncio.gather(*(lib.jobs.shutdown(grace) for lib in libs))
         await asyncio.gather(*(lib.db.close() for lib in libs))
         self._libraries.clear()
+        if self._closing:  # isolated libraries still closing
+            await asyncio.wait(list(self._closing.values()))
 
 
 def integrity_problems(db_path: Path) -> list[str]:
