@@ -112,7 +112,6 @@ class Connection(asyncio.Protocol):
         self._closed = False
         self._read_paused_for_tasks = False
         self._eof = False  # the client shut down its sending side
-        self._requests = 0  # requests read but not yet answered
 
     # --- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -180,8 +179,9 @@ class Connection(asyncio.Protocol):
         return True
 
     def _close_if_done(self) -> None:
-        # A subscriber keeps reading events after it stops writing: it stays open.
-        if self._eof and not self._requests and self._subscription is None:
+        # A subscriber keeps reading events after it stops writing: it stays open. Without
+        # one, ``_tasks`` holds only requests read but not yet answered.
+        if self._eof and self._subscription is None and not self._tasks:
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -217,7 +217,6 @@ class Connection(asyncio.Protocol):
             self._write(answer)
             return
         task = asyncio.ensure_future(self._answer_later(answer))
-        self._requests += 1
         self._tasks.add(task)
         self.server.in_flight.add(task)
         task.add_done_callback(self._request_done)
@@ -229,7 +228,6 @@ class Connection(asyncio.Protocol):
     def _request_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self.server.in_flight.discard(task)
-        self._requests -= 1
         if self._eof and not self._closed:
             self._close_if_done()
             return
