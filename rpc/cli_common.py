@@ -246,25 +246,15 @@ async def resolve_library(client: Client, library: str | None) -> str:
 # --- entries --------------------------------------------------------------------------------
 def all_entries(ctx: Ctx, library: str | None, query: dict[str, Any], limit: int) -> list[Any]:
     """Follow ``next_cursor`` until ``limit`` entries (0: all) are in."""
-    async def go(c: Client) -> list[Any]:
-        lib = await resolve_library(c, library)
-        out: list[Any] = []
-        cursor = None
-        while True:
-            page_size = 1000 if not limit else min(1000, limit - len(out))
-            page = await c.call("query:entries.list.v1",
-                                {**query, "cursor": cursor, "limit": page_size}, lib)
-            out += page["entries"]
-            cursor = page["next_cursor"]
-            if cursor is None or (limit and len(out) >= limit):
-                return out
-    return ctx.run(go)
+    out: list[Any] = []
+    stream_entries(ctx, library, query, limit, out.extend)
+    return out
 
 
 def stream_entries(ctx: Ctx, library: str | None, query: dict[str, Any], limit: int,
                    emit: Callable[[list[Any]], None]) -> int:
-    """Follow ``next_cursor`` like ``all_entries``, handing each page to ``emit`` as it
-    arrives (nothing is held); returns the number of entries."""
+    """Follow ``next_cursor`` until ``limit`` entries (0: all) are in, handing each page
+    to ``emit`` as it arrives (nothing is held); returns the number of entries."""
     async def go(c: Client) -> int:
         lib = await resolve_library(c, library)
         n = 0
