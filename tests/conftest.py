@@ -187,3 +187,13 @@ def daemon(tmpdir_short: Path) -> Iterator[Daemon]:
     yield d
     if d.proc is not None and d.proc.poll() is None:
         d.stop()
+
+
+@pytest.fixture
+def ext_daemon(tmpdir_short: Path) -> Iterator[Daemon]:
+    """A daemon that installs and loads the extensions ``make extensions`` built."""
+    d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock",
+               extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS)]).start()
+    yield d
+    if d.proc is not None and d.proc.poll() is None:
+        d.stop()

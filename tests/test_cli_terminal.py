@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BIN, BUILT_EXTENSIONS, Daemon, wait_for
+from conftest import BIN, Daemon, wait_for
 
 from rpc.cli_common import percent
 from rpc.cli_watch import JobState, bar_lines
@@ -27,15 +27,6 @@ COUNTED = re.compile(r"^  Counted (?P<n>\d+)/(?P<of>\d+) \((?P<pct>\d+)% complet
 PLAIN = re.compile(r"^test\.steps +(?P<pct>\d+)%(  step (?P<step>\d+)/\d+  \[(?P<items>\d+) items, "
                    r"[\d.]+ (B|KiB)\])?  elapsed (\d+:\d\d:\d\d|-:--:--)  "
                    r"left (\d+:\d\d:\d\d|-:--:--)$")
-
-
-@pytest.fixture
-def ext_daemon(tmpdir_short: Path) -> Iterator[Daemon]:
-    d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock",
-               extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS)]).start()
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.stop()
 
 
 class Tmux:

@@ -6,19 +6,9 @@ import json
 import re
 from pathlib import Path
 
-import pytest
 from conftest import BUILT_EXTENSIONS, Daemon
 from test_jobs_daemon import job_info, wait_for
 from wasm_guests import make_extension, module
-
-
-@pytest.fixture
-def ext_daemon(tmpdir_short: Path):  # type: ignore[no-untyped-def]
-    d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock",
-               extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS)]).start()
-    yield d
-    if d.proc.poll() is None:
-        d.stop()
 
 
 def test_bundled_extension_and_job_run_cli(ext_daemon: Daemon) -> None:
