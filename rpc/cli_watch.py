@@ -33,6 +33,9 @@ from rpc.cli_common import (
 from rpc.client import Client
 
 FINAL_EVENTS = {"job.completed", "job.failed", "job.cancelled", "job.paused"}
+# What a watch subscribes to: a library's entries.* events (a watched location's every
+# change) and the like never concern the job, and would only crowd its queue.
+JOB_EVENTS = sorted({"job.queued", "job.started", "job.progress", "job.resumed", *FINAL_EVENTS})
 PLAIN_INTERVAL = 1.0
 """Plain output prints at most one progress line per this many seconds."""
 BAR_MIN, BAR_MAX = 10, 40
@@ -261,7 +264,7 @@ class TerminalView:
 async def watch(c: Client, library_id: str, job_id: str, as_json: bool) -> int:
     """Follow one job's events; returns the exit code of its outcome."""
     # Subscribe before reading the job, so no event falls between the two.
-    await c.subscribe(library_id=library_id)
+    await c.subscribe(JOB_EVENTS, library_id=library_id)
     info = await c.call("query:jobs.info.v1", {"id": job_id}, library_id)
     if info["status"] in EXIT_FOR_JOB_STATUS and info["status"] != "paused":
         return _report(info, as_json)
