@@ -14,7 +14,10 @@ Limits are the extension's own: a library the manifest does not grant is refused
 extension's rate (``requests_per_minute``; a refused dispatch is retried a second
 later), and the job runs under its concurrency gate like any of its jobs.
 Triggers can be paused per extension (remembered across restarts); events while
-paused are counted and dropped.
+paused are counted and dropped. Ids collected and not yet dispatched are written to
+``<plugin-dir>/triggers-pending.json`` as they arrive and dispatched after a restart
+(even after ``kill -9``); a kill between dispatching a job and noting it may dispatch
+those ids twice, never lose them.
 """
 
 from __future__ import annotations
@@ -87,11 +90,42 @@ class TriggerService:
         self._firing: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._paused_file = plugins.plugin_dir / "triggers-paused.json"
+        # Ids collected and not yet dispatched, kept across a stop or a kill -9.
+        self._pending_file = plugins.plugin_dir / "triggers-pending.json"
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._listen(), name="triggers")
+        """Listen for events; ids pending at the last stop are dispatched once debounced."""
+        if self._task is not None:
+            return
+        self._task = asyncio.create_task(self._listen(), name="triggers")
+        try:
+            saved = msgspec.json.decode(self._pending_file.read_bytes(),
+                                        type=list[tuple[str, int, str, list[int]]])
+        except FileNotFoundError:
+            saved = []
+        except msgspec.DecodeError as e:
+            log.error("ignoring %s: %s", self._pending_file, e)
+            saved = []
+        for ext_id, i, lib_id, ids in saved:
+            trigger = self._trigger(ext_id, i)
+            if trigger is None or not ids:
+                continue  # the extension or its trigger is gone
+            slot = self._slots.setdefault((ext_id, i, lib_id), _Slot())
+            slot.ids.update(dict.fromkeys(ids))
+            self._arm(ext_id, i, lib_id, slot, trigger)
+        if saved:
+            log.info("%d trigger batches pending from the last run", len(saved))
+        self._save()
+
+    def _save(self) -> None:
+        """Write the pending ids (small: at most the ids of the last debounce periods)."""
+        pending = [(k[0], k[1], k[2], list(s.ids)) for k, s in self._slots.items() if s.ids]
+        if not pending and not self._pending_file.exists():
+            return
+        tmp = self._pending_file.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.encode(pending))
+        os.replace(tmp, self._pending_file)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -122,6 +156,7 @@ class TriggerService:
             for key, slot in self._slots.items():
                 if key[0] == ext_id:
                     slot.ids.clear()
+            self._save()
         log.info("triggers of %s %s", ext_id, "paused" if paused else "resumed")
 
     def describe(self, ext_id: str, triggers: list[Trigger]) -> list[TriggerInfo]:
@@ -157,6 +192,7 @@ class TriggerService:
         if lib_id is None:
             return
         paused = None
+        added = False
         for ext_id, manifest, policy in self._plugins.triggering():
             for i, t in enumerate(manifest.triggers):
                 if t.on != kind:
@@ -175,7 +211,10 @@ class TriggerService:
                     continue
                 slot = self._slots.setdefault((ext_id, i, lib_id), _Slot())
                 slot.ids.update(dict.fromkeys(event.entry_ids))
+                added = True
                 self._arm(ext_id, i, lib_id, slot, t)
+        if added:
+            self._save()
 
     def _arm(self, ext_id: str, i: int, lib_id: str, slot: _Slot, t: Trigger,
              delay: float | None = None) -> None:
@@ -226,6 +265,7 @@ class TriggerService:
         counts = self._counts.setdefault((ext_id, i), _Counts())
         if found is None or i >= len(found[0].triggers) or ext_id in self.paused():
             slot.ids.clear()  # unloaded or paused meanwhile
+            self._save()
             return
         manifest, policy = found
         t = manifest.triggers[i]
@@ -248,11 +288,13 @@ class TriggerService:
             counts.last_error = f"cannot dispatch {t.job}: {e.message}"
             log.warning("trigger %s of %s: %s", t.on, ext_id, counts.last_error)
             slot.ids.clear()
+            self._save()
             return
         finally:
             slot.dispatching = False
         for entry_id in ids:
             del slot.ids[entry_id]
+        self._save()  # after the job is persisted: a kill in between dispatches them twice
         slot.job_id = job_id
         self._by_job[job_id] = key
         counts.fired += 1
