@@ -258,3 +258,34 @@ def test_install_over_an_installed_version_upgrades(ext_daemon: Daemon,
     r = d.sd("ext", "install", str(v1))
     assert r.returncode == 1 and "upgrade --force" in r.stderr
     assert d.sd_json("ext", "info", "test-extension")["manifest"]["version"] == "0.2.0"
+
+
+def test_queued_jobs_run_on_the_new_version(tmpdir_short: Path) -> None:
+    """A job still waiting for a slot when the upgrade comes runs on the new version."""
+    d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock",
+               extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS),
+                           "--max-running-jobs", "1"]).start()
+    try:
+        d.sd("library", "create", "L", check=True)
+        v2 = counter_version(tmpdir_short / "src", "0.2.0", patched=True)
+        warm_cache(d, v2)
+        running = d.sd_json("job", "run", "test-extension", "counter", "--state",
+                            json.dumps({"target": 200, "spin": 3_000_000}))["job_id"]
+        waiting = d.sd_json("job", "run", "test-extension", "counter", "--state",
+                            json.dumps({"target": 7}))["job_id"]
+        wait_for(lambda: info(d, running)["checkpoints"] >= 3, 60, "three checkpoints")
+        assert info(d, waiting)["status"] == "queued"
+        d.sd("ext", "upgrade", str(v2), check=True)
+        for job, target in ((running, 200), (waiting, 7)):
+            final = d.watch_job(job)
+            assert final["status"] == "completed" and final["output"]["current"] == target
+        # It may have started in the moment the extension was being swapped: then it
+        # paused ("not loaded") and continued once 0.2.0 was in; it never ran on 0.1.0.
+        notes = [n.split(",")[0] for n in running_notes(d, waiting)]
+        assert notes[-1] == "test-extension 0.2.0"
+        assert set(notes) <= {"test-extension 0.2.0", "test-extension not loaded"}, notes
+        assert running_notes(d, running)[-1].startswith("test-extension 0.2.0")
+        assert "Tallied 7/7" in d.log() and "Counted 7/7" not in d.log()
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop()

@@ -258,7 +258,7 @@ class PluginManager:
         """What a run of a wasm job runs on: the version and module hash (transitions)."""
         plugin = self._plugins.get(inp.extension_id)
         if plugin is None or plugin.state != "loaded":
-            return None
+            return f"{inp.extension_id} not loaded"  # it pauses until it is
         return (f"{inp.extension_id} {plugin.manifest.version}, module sha256 "
                 f"{plugin.module_sha256[:16]}")
 
