@@ -309,10 +309,8 @@ class JobManager:
             self._running[job_id].request(Interrupt.CANCEL, "user")
             return "cancel_requested"
         if row.status in ("queued", "paused"):
-            held = self._held.get(job_id)
-            # A held pause is still "running" in the database.
-            expect = held.kwargs["expect"] if held is not None else ("queued", "paused")
-            if await self._set(job_id, "cancelled", expect=expect):
+            # A held pause is still "running" in the database: _set expects what it does.
+            if await self._set(job_id, "cancelled", expect=("queued", "paused")):
                 self._blocked.pop(job_id, None)
                 self._space_paused.pop(job_id, None)
                 self._finished(job_id, row.title, "cancelled", None, None)
