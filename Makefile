@@ -39,6 +39,9 @@ uninstall-service:
 bench: setup extensions
 	bash scripts/ensure-test-tools.sh && $(PY) -m bench
 
+bench-scale: setup extensions
+	$(PY) -m bench.scale
+
 lint: setup
 	$(VENV)/bin/ruff check daemon rpc tests bench
 	$(VENV)/bin/mypy daemon rpc
