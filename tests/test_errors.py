@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from daemon import errors
@@ -39,3 +42,10 @@ def test_error_body_round_trips_to_the_same_class(klass: type[errors.SdError]) -
 def test_unknown_code_keeps_its_code() -> None:
     err = errors.SdError.from_dict({"code": -31999, "message": "from a newer daemon"})
     assert type(err) is errors.SdError and err.code == -31999
+
+
+def test_readme_lists_every_code_with_its_kind() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = dict(re.findall(r"^\| (-32\d{3}) \| ([a-z_]+) \|", readme, re.M))
+    classes = [c for c in all_error_classes() if c.__module__ == "daemon.errors"]
+    assert table == {str(c.code): c.kind for c in classes}
