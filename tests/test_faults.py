@@ -132,6 +132,22 @@ def test_non_webassembly_module_is_named_as_such(daemon: Daemon, tmpdir_short: P
     assert "utf-8" not in r.stderr
 
 
+async def test_a_closed_library_database_answers_unavailable_not_internal(tmp_path: Path) -> None:
+    """A request that found a library just before it was deleted or isolated reaches a
+    closed database: a -32040 naming the file, never -32603."""
+    from daemon import errors
+    from daemon.libraries.db import Database
+    from daemon.libraries.schema import MIGRATIONS
+
+    db = Database(tmp_path / "library.db", MIGRATIONS)
+    await db.close()
+    with pytest.raises(errors.LibraryUnavailable, match="library.db is closed"):
+        await db.run(lambda c: c.execute("SELECT 1").fetchall())
+    db.corrupt = f"{db.path} is damaged: database disk image is malformed"
+    with pytest.raises(errors.LibraryUnavailable, match="is damaged"):
+        db.run_sync(lambda c: c.execute("SELECT 1").fetchall())
+
+
 def fill_library(d: Daemon, lib: str, jobs: int = 40) -> None:
     """Enough rows that the database has pages beyond the ones a corruption test overwrites."""
     for _ in range(jobs):

@@ -125,14 +125,21 @@ class Database:
 
     def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
         """Queue ``fn(conn)`` on the database thread."""
-        if self.corrupt is not None and self._conn is None:
-            raise errors.LibraryUnavailable(self.corrupt, {"path": str(self.path)})
+        if self._conn is None:
+            raise self._closed_error()
         return self._executor.submit(self._call, fn)
+
+    def _closed_error(self) -> errors.LibraryUnavailable:
+        """What a statement meets after close: a request that found the library just
+        before it was deleted or isolated gets this, not an internal error."""
+        reason = self.corrupt or (f"{self.path} is closed: its library was deleted or "
+                                  f"taken out of service")
+        return errors.LibraryUnavailable(reason, {"path": str(self.path)})
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
         if conn is None:
-            raise RuntimeError(f"database {self.path} is closed")
+            raise self._closed_error()
         try:
             return fn(conn)
         except (sqlite3.Error, OSError) as e:
