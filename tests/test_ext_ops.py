@@ -12,15 +12,6 @@ import pytest
 from conftest import BIN, BUILT_EXTENSIONS, Daemon, wait_for
 
 
-@pytest.fixture
-def ext_daemon(tmpdir_short: Path):  # type: ignore[no-untyped-def]
-    d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock",
-               extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS)]).start()
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.stop()
-
-
 class EventTap:
     """``sd --json events`` running beside a test, its lines collected in a file."""
 

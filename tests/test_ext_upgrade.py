@@ -46,15 +46,6 @@ def warm_cache(d: Daemon, version_dir: Path) -> None:
     d.sd("ext", "unload", "warm-up", check=True)
 
 
-@pytest.fixture
-def ext_daemon(tmpdir_short: Path):  # type: ignore[no-untyped-def]
-    d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock",
-               extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS)]).start()
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.stop()
-
-
 def info(d: Daemon, job_id: str) -> dict[str, Any]:
     return d.sd_json("job", "info", job_id)  # type: ignore[no-any-return]
 
