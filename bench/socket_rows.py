@@ -53,12 +53,17 @@ def _interleaved(servers: list[Server], clients: int, slice_s: float,
     return rates, cpu_us
 
 
+# One client: >= 70% of the echo server; 16 clients: >= 85% (issue 15).
+TARGETS = {1: 0.70, 16: 0.85}
+
+
 def _socket_row(key: str, what: str, clients: int, rates: list[list[float]],
                 cpu_us: list[float], slice_s: float) -> Row:
     base, ours = rates
     ratio = median([o / b for o, b in zip(ours, base, strict=False)])
+    target = TARGETS.get(clients, 0.70)
     return Row(key, what, "calls/s", median(ours), "echo server", median(base), ratio,
-               ">= 70% of echo", ratio >= 0.70,
+               f">= {target:.0%} of echo", ratio >= target,
                note=(f"ratio = median of {len(ours)} paired {slice_s:g} s slices, echo and "
                      f"daemon alternating, one raw client process; server CPU per call: "
                      f"echo {cpu_us[0]:.1f} µs, daemon {cpu_us[1]:.1f} µs"),
