@@ -279,12 +279,7 @@ class PluginManager:
         ``.wasm`` file with a manifest.json beside it. The same content already
         installed is left as it is.
         """
-        source = Path(source)
-        if source.is_file() and source.suffix == ".wasm":
-            source = source.parent
-        if not source.is_dir():
-            raise errors.ExtensionError(f"{source} is not an extension directory")
-        manifest = read_manifest(source)
+        source, manifest = _read_source(source)
         wasm = (source / manifest.wasm_file).read_bytes()
         if len(wasm) > MAX_WASM_BYTES:
             raise errors.ExtensionError(f"{manifest.wasm_file} is larger than {MAX_WASM_BYTES} bytes")
@@ -423,12 +418,7 @@ class PluginManager:
         and the paused and queued jobs continue on it from their checkpoints. A
         version not newer than the installed one needs ``force``.
         """
-        source = Path(source)
-        if source.is_file() and source.suffix == ".wasm":
-            source = source.parent
-        if not source.is_dir():
-            raise errors.ExtensionError(f"{source} is not an extension directory")
-        manifest = read_manifest(source)
+        source, manifest = _read_source(source)
         if manifest.id not in self.installed():
             raise errors.NotFound(f"extension {manifest.id!r} is not installed; "
                                   f"install it with `sd ext install`")
@@ -631,6 +621,16 @@ def failure_reason(guest_error: str | None, host_detail: str) -> str:
     if not guest_error:
         return host_detail
     return f"{guest_error} ({host_detail})"
+
+
+def _read_source(source: Path) -> tuple[Path, Manifest]:
+    """An extension to install: a directory with manifest.json, or a ``.wasm`` beside one."""
+    source = Path(source)
+    if source.is_file() and source.suffix == ".wasm":
+        source = source.parent
+    if not source.is_dir():
+        raise errors.ExtensionError(f"{source} is not an extension directory")
+    return source, read_manifest(source)
 
 
 def _digest(data: bytes) -> str:
