@@ -17,6 +17,7 @@ import msgspec
 from daemon import errors
 from daemon.calls import CLIENT, Caller
 from daemon.core import Core
+from daemon.libraries.manager import Library
 from daemon.locations.fs import OpenFiles
 from rpc import operations as _operations  # noqa: F401 - registers every operation
 from rpc.operations import entries
@@ -42,6 +43,13 @@ class Dispatcher:
         Returns the operation and what its handler returned: the result of a plain
         handler, or a coroutine to await when ``op.is_async``.
         """
+        op, library = self._authorize(method, library_id, caller)
+        value = _decode(op, payload)
+        return op, op.handler(OpContext(self.core, library, caller), value)
+
+    def _authorize(self, method: str, library_id: str | None,
+                   caller: Caller) -> tuple[Operation, Library | None]:
+        """Every check but the payload's: the method, the caller, its policy, the library."""
         op = OPERATIONS.get(method)
         if op is None:
             raise errors.MethodNotFound(f"unknown method {method!r}", {"method": method})
@@ -55,8 +63,7 @@ class Dispatcher:
                 raise errors.LibraryRequired(f"{method} needs a library id",
                                              {"method": method})
             library = self.core.libraries.get(library_id)
-        value = _decode(op, payload)
-        return op, op.handler(OpContext(self.core, library, caller), value)
+        return op, library
 
     async def execute_json_operation(self, method: str, library_id: str | None, payload: Any,
                                      caller: Caller = LOCAL) -> Any:
@@ -70,13 +77,8 @@ class Dispatcher:
                         caller: Caller, files: OpenFiles | None = None) -> int:
         """ABI v2 ``entry_read``: ``query:entries.read.v1``'s checks (caller, grant, rate,
         library), then its bytes straight into ``buf``. Blocking: a guest's thread only."""
-        op = OPERATIONS.get(READ_OPERATION)
-        assert op is not None
-        if caller.kind not in op.callers:
-            raise errors.PermissionDenied(f"{op.name} may not be called by {caller.describe()}")
-        if caller.policy is not None:
-            caller.policy.check(op, library_id)
-        library = self.core.libraries.get(library_id)
+        _, library = self._authorize(READ_OPERATION, library_id, caller)
+        assert library is not None  # entries.read is registered with library=True
         return entries.read_into(library.db, entry_id, offset, buf, files)
 
     def execute_from_thread(self, method: str, library_id: str | None, payload: Any,

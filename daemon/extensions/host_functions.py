@@ -327,7 +327,7 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
         hc.view(buf_ptr, buf_len)  # bounds first: a bad buffer traps whatever else is wrong
         if lib_ptr == 0:
             return errors.LibraryRequired.code
-        library_id = str(uuid.UUID(bytes=hc.read(lib_ptr, 16)))
+        library_id = _library_id(hc.read(lib_ptr, 16))
         if env.revoked.is_set():
             raise GuestCallError(f"extension {env.extension_id} was unloaded")
         if env.read_into is None:
