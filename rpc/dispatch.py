@@ -24,6 +24,7 @@ from rpc.operations import entries
 from rpc.registry import OPERATIONS, OpContext, Operation
 
 READ_OPERATION = "query:entries.read.v1"
+_lookup = OPERATIONS.lookup
 
 LOCAL = Caller(CLIENT)
 """An in-process caller with a client's rights (tests, the embedding API)."""
@@ -50,7 +51,7 @@ class Dispatcher:
     def _authorize(self, method: str, library_id: str | None,
                    caller: Caller) -> tuple[Operation, Library | None]:
         """Every check but the payload's: the method, the caller, its policy, the library."""
-        op = OPERATIONS.get(method)
+        op = _lookup(method)
         if op is None:
             raise errors.MethodNotFound(f"unknown method {method!r}", {"method": method})
         if caller.kind not in op.callers:
@@ -92,6 +93,8 @@ class Dispatcher:
 
 def _decode(op: Operation, payload: Any) -> Any:
     try:
+        if type(payload) is bytes and payload and payload != b"null":
+            return op.decoder.decode(payload)  # what guests send: checked first
         if isinstance(payload, (bytes, bytearray, memoryview, msgspec.Raw)):
             n = len(payload)
             if n and not (n == 4 and bytes(payload) == b"null"):

@@ -71,6 +71,8 @@ class Operation:
 class OperationRegistry:
     def __init__(self) -> None:
         self._ops: dict[str, Operation] = {}
+        self.lookup: Callable[[str], Operation | None] = self._ops.get
+        """``get`` without a method call of its own (the dispatcher's hot path)."""
 
     def register(self, name: str, input_type: type[Any] = Empty, *, library: bool = False,
                  callers: frozenset[str] = ALL_CALLERS, explicit_grant: bool = False,

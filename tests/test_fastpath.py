@@ -325,6 +325,42 @@ def test_reentrant_alloc_that_grows_and_moves_memory(single_instance: bool) -> N
     assert guest.memory.read(guest.store, start, start + n) == filler(n)
 
 
+def test_fixed_memory_engine_grows_in_place_and_keeps_the_view() -> None:
+    engine = fp.fixed_memory_engine(wt.Config())
+    guest, sizes = reentrant_guest(engine, single_instance=True)
+    fetch_and_sum = guest.raw("fetch_and_sum")
+    assert fetch_and_sum(1) == sum(filler(1))
+    base_before = ctypes.addressof(guest.memory.data_ptr(guest.store).contents)
+    n = 300_000  # the re-entrant alloc grows the memory to 5 pages mid-call
+    assert fetch_and_sum(n) == sum(filler(n))
+    assert sizes[-2:] == [65536, 5 * 65536]
+    assert ctypes.addressof(guest.memory.data_ptr(guest.store).contents) == base_before
+    assert guest.memory.read(guest.store, 1025, 1025 + n) == filler(n)
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_memory_view_is_kept_only_for_fixed_single_instance_stores(fixed: bool) -> None:
+    views: list[memoryview] = []
+
+    def impl(call: HostCall, args: tuple[int | float, ...]) -> int:
+        ptr, length = args
+        assert isinstance(ptr, int) and isinstance(length, int)
+        data = call.read(ptr, length)
+        views.append(call._mv)  # type: ignore[arg-type]  # the view it read through
+        return len(data)
+
+    engine = fp.fixed_memory_engine(wt.Config()) if fixed else wt.Engine()
+    run = Guest(impl, engine, single_instance=True).raw("run")
+    assert run(GREETING_PTR, len(GREETING), 3) == 3 * len(GREETING)
+    assert (views[0] is views[1] is views[2]) == fixed
+    # Kept or not, every range is still checked against the memory's current size.
+    call_host = Guest(impl, engine, single_instance=True).raw("call_host")
+    assert call_host(65536 - 4, 4) == 4
+    for ptr, length in [(65536 - 3, 4), (-1, 1), (0, -1), (0x7FFFFFF0, 0x7FFFFFF0)]:
+        with pytest.raises(TrapLike, match=f"out of bounds: ptr={ptr} len={length}"):
+            call_host(ptr, length)
+
+
 def test_trap_inside_reentrant_call_is_a_guest_trap() -> None:
     boom: list[RawFunc] = []
     caught: list[GuestTrap] = []

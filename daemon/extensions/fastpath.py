@@ -85,6 +85,7 @@ __all__ = [
     "RawMemory",
     "Signature",
     "define_unchecked",
+    "fixed_memory_engine",
     "set_epoch_deadline",
 ]
 
@@ -334,46 +335,18 @@ class GuestTrap(GuestCallError):
 # --- host side ----------------------------------------------------------------
 
 
-class _BoundedMemory:
-    """``read``/``write`` over ``_checked_base``, which checks ``[ptr, ptr + len)``
-    against the memory's current size (raising the subclass's error) and returns
-    the memory's base address."""
-
-    __slots__ = ()
-
-    def _checked_base(self, ptr: int, length: int) -> int:
-        raise NotImplementedError
-
-    def read(self, ptr: int, length: int) -> bytes:
-        """Copy `length` bytes at guest address `ptr`."""
-        base = self._checked_base(ptr, length)
-        return ctypes.string_at(base + ptr, length) if length else b""
-
-    def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None:
-        """Copy `data` to guest address `ptr`."""
-        if not isinstance(data, bytes):
-            data = bytes(data)
-        base = self._checked_base(ptr, len(data))
-        if data:
-            _memmove(base + ptr, data, len(data))
-
-    def view(self, ptr: int, length: int) -> memoryview:
-        """A writable view of `length` bytes at guest address `ptr`, for filling in place
-        (e.g. ``os.preadv``). Valid only until the next call into the guest (which may
-        grow and so move the memory); never keep it longer."""
-        base = self._checked_base(ptr, length)
-        return memoryview((c_char * length).from_address(base + ptr)).cast("B")
-
-
-class HostCall(_BoundedMemory):
+class HostCall:
     """View of the calling instance, valid only during one host-function invocation.
 
-    Memory is found through the caller's export named ``memory``; its base and
-    size are re-read on every access because any call into the guest may grow
-    (and so move) it.
+    Memory is found through the caller's export named ``memory`` and accessed
+    through a memoryview of ``[0, size)`` at its base address. Any call into the
+    guest may grow it (a range beyond the view asks for the current size) and,
+    unless the engine keeps memories in place (:func:`fixed_memory_engine`), move
+    it (the view is rebuilt after each re-entrant call). For a ``single_instance``
+    host function of a fixed-memory engine the view is kept across invocations.
     """
 
-    __slots__ = ("_base", "_caller", "_ctx", "_host", "_mem", "_mem_extern", "_size", "_store_id")
+    __slots__ = ("_caller", "_ctx", "_host", "_mem", "_mem_extern", "_mv", "_store_id")
 
     def __init__(self, caller: int, store_id: int, host: _Host | None = None) -> None:
         self._caller: int | None = caller
@@ -382,9 +355,9 @@ class HostCall(_BoundedMemory):
         self._host = host
         self._mem_extern: ffi.wasmtime_extern_t | None = None
         self._mem = 0  # address of the wasmtime_memory_t inside _mem_extern
-        # Memory base and size, valid until the next call into the guest.
-        self._base = 0
-        self._size = -1
+        # The memory [0, size seen) at its base, valid until the next call into the guest
+        # (or for as long as the memory lives, if the host function's view is kept).
+        self._mv: memoryview | None = host.mv if host is not None else None
 
     def _live_caller(self) -> int:
         caller = self._caller
@@ -425,30 +398,58 @@ class HostCall(_BoundedMemory):
                 host.mem_extern, host.mem = extern, self._mem
         return self._mem
 
-    def _checked_base(self, ptr: int, length: int) -> int:
-        """Base address of memory after checking [ptr, ptr+length) lies inside it."""
-        size = self._size
-        if size < 0:
-            mem = self._memory()
-            ctx = self._context()
-            self._base = _memory_data(ctx, mem) or 0
-            host = self._host
+    def _view(self, ptr: int, length: int) -> memoryview:
+        """The memory's view after checking [ptr, ptr+length) lies inside it."""
+        mv = self._mv
+        if mv is None or ptr < 0 or length < 0 or ptr + length > len(mv):
+            mv = self._new_view(ptr, length)
+        return mv
+
+    def _new_view(self, ptr: int, length: int) -> memoryview:
+        """A view of the memory as it is now; GuestCallError if [ptr, ptr+length) is outside."""
+        host = self._host
+        size = 0
+        if self._mv is None and host is not None and host.cache_memory:
             # A linear memory never shrinks, so a size seen earlier is a lower bound:
             # only a range beyond it needs the current size.
-            size = host.size_seen if host is not None and host.cache_memory else 0
-            if size <= 0:
-                size = self._fresh_size()
-            self._size = size
-        if ptr < 0 or length < 0 or ptr + length > size:
+            size = host.size_seen
+        if size <= 0 or ptr < 0 or length < 0 or ptr + length > size:
             size = self._fresh_size()
-            if ptr < 0 or length < 0 or ptr + length > size:
-                raise GuestCallError(f"out of bounds: ptr={ptr} len={length} memory={size}")
-        return self._base
+        if ptr < 0 or length < 0 or ptr + length > size:
+            raise GuestCallError(f"out of bounds: ptr={ptr} len={length} memory={size}")
+        base: int = _memory_data(self._context(), self._memory()) or 0
+        mv = self._mv = memoryview((c_char * size).from_address(base)).cast("B")
+        if host is not None and host.fixed:
+            host.mv = mv
+        return mv
+
+    def read(self, ptr: int, length: int) -> bytes:
+        """Copy `length` bytes at guest address `ptr`."""
+        mv = self._mv
+        end = ptr + length
+        if mv is None or ptr < 0 or length < 0 or end > len(mv):
+            mv = self._new_view(ptr, length)
+        return mv[ptr:end].tobytes()
+
+    def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy `data` to guest address `ptr`."""
+        if not isinstance(data, (bytes, bytearray)):
+            data = bytes(data)
+        mv = self._mv
+        end = ptr + len(data)
+        if mv is None or ptr < 0 or end > len(mv):
+            mv = self._new_view(ptr, len(data))
+        mv[ptr:end] = data
+
+    def view(self, ptr: int, length: int) -> memoryview:
+        """A writable view of `length` bytes at guest address `ptr`, for filling in place
+        (e.g. ``os.preadv``). Valid only until the next call into the guest (which may
+        grow and so move the memory); never keep it longer."""
+        return self._view(ptr, length)[ptr:ptr + length]
 
     def _fresh_size(self) -> int:
         """The memory's current size (also remembered as the new lower bound)."""
         size: int = _memory_data_size(self._context(), self._memory())
-        self._size = size
         host = self._host
         if host is not None and host.cache_memory:
             host.size_seen = size
@@ -472,22 +473,28 @@ class HostCall(_BoundedMemory):
         if func._store_id != self._store_id:
             # Calling across stores makes libwasmtime panic, which aborts the process.
             raise GuestCallError("HostCall.call: function belongs to a different Store")
-        self._size = -1  # the guest may grow (and so move) its memory
+        host = self._host
+        if host is None or not host.fixed:
+            self._mv = None  # the guest may grow and so move its memory
         return func._invoke(self._context(), args, nested=True)
 
     def _invalidate(self) -> None:
-        self._caller = self._ctx = self._mem_extern = None
+        self._caller = self._ctx = self._mem_extern = self._mv = None
         self._mem = 0
 
 
 class _Host:
     """Registry entry for one host function created by define_unchecked."""
 
-    __slots__ = ("args", "cache_memory", "ctx", "fn", "mem", "mem_extern", "nparams",
-                 "size_seen", "store_id", "view_type", "write_result")
+    __slots__ = ("args", "cache_memory", "ctx", "fixed", "fn", "mem", "mem_extern", "mv",
+                 "nparams", "size_seen", "store_id", "view_type", "write_result")
 
-    def __init__(self, fn: HostFn, sig: _Sig, cache_memory: bool = False) -> None:
+    def __init__(self, fn: HostFn, sig: _Sig, cache_memory: bool = False,
+                 fixed: bool = False) -> None:
         self.cache_memory = cache_memory
+        # The memory never moves (one instance, a fixed-memory engine): its view is kept.
+        self.fixed = fixed
+        self.mv: memoryview | None = None
         self.ctx = 0  # the store's context, once seen (single-instance stores only)
         self.size_seen = 0  # the memory's size when last asked (it never shrinks)
         self.mem_extern: ffi.wasmtime_extern_t | None = None
@@ -575,7 +582,8 @@ def define_unchecked(store: wasmtime.Store, ty: wasmtime.FuncType | Signature, f
     :meth:`RawFunc.detached`): the store would never be freed.
 
     `single_instance=True` promises that only one instance in `store` imports
-    the function, so the caller's memory export is looked up once and reused.
+    the function, so the caller's memory export is looked up once and reused
+    (and, in a store of a :func:`fixed_memory_engine`, its view too).
     """
     if not isinstance(store, wasmtime.Store):
         raise TypeError("expected a wasmtime.Store")
@@ -588,7 +596,8 @@ def define_unchecked(store: wasmtime.Store, ty: wasmtime.FuncType | Signature, f
     if not callable(fn):
         raise TypeError("expected a callable")
     sig = _sig(params, results)
-    host = _Host(fn, sig, cache_memory=single_instance)
+    host = _Host(fn, sig, cache_memory=single_instance,
+                 fixed=single_instance and store.engine in _FIXED_MEMORY_ENGINES)
     func_type = _func_type(store.engine, sig)
     ctx = store._context()  # raises for a closed store before anything is registered
     env = next(_ENV_IDS)
@@ -597,6 +606,21 @@ def define_unchecked(store: wasmtime.Store, ty: wasmtime.FuncType | Signature, f
     _func_new_unchecked(ctx, func_type.ptr(), _TRAMPOLINE, env, _FINALIZER, ctypes.byref(func))
     host.store_id = func.store_id
     return wasmtime.Func._from_raw(func)
+
+
+# Engines made by fixed_memory_engine: their linear memories never move.
+_FIXED_MEMORY_ENGINES: weakref.WeakSet[wasmtime.Engine] = weakref.WeakSet()
+
+
+def fixed_memory_engine(config: wasmtime.Config) -> wasmtime.Engine:
+    """An Engine of `config` with ``memory_may_move`` off: a linear memory keeps its base
+    address for life (it grows in place within its reservation, 4 GiB by default on
+    64-bit hosts: all of a 32-bit memory; growth past it fails instead of moving), so
+    host functions keep a view of it across calls."""
+    config.memory_may_move = False
+    engine = wasmtime.Engine(config)
+    _FIXED_MEMORY_ENGINES.add(engine)
+    return engine
 
 
 def set_epoch_deadline(store: wasmtime.Store, ticks: int) -> None:
@@ -729,7 +753,7 @@ class RawFunc:
             ) from None
 
 
-class RawMemory(_BoundedMemory):
+class RawMemory:
     """A guest's linear memory, accessed from Python outside host functions.
 
     Base and size are re-read on every access: any call into the guest may grow
@@ -756,6 +780,25 @@ class RawMemory(_BoundedMemory):
         base: int = _memory_data(ctx, self._mem) or 0
         return base
 
+    def read(self, ptr: int, length: int) -> bytes:
+        """Copy `length` bytes at guest address `ptr`."""
+        base = self._checked_base(ptr, length)
+        return ctypes.string_at(base + ptr, length) if length else b""
+
+    def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy `data` to guest address `ptr`."""
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        base = self._checked_base(ptr, len(data))
+        if data:
+            _memmove(base + ptr, data, len(data))
+
+    def view(self, ptr: int, length: int) -> memoryview:
+        """A writable view of `length` bytes at guest address `ptr`, for filling in place
+        (e.g. ``os.preadv``). Valid only until the next call into the guest (which may
+        grow and so move the memory); never keep it longer."""
+        base = self._checked_base(ptr, length)
+        return memoryview((c_char * length).from_address(base + ptr)).cast("B")
 
 
 class RawInstance:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import struct
 import threading
 import time
 import uuid
@@ -26,7 +27,7 @@ from daemon import errors
 from daemon.calls import Caller, DispatchFn, ReadIntoFn
 from daemon.config import ExtensionLimits
 from daemon.extensions.fastpath import GuestCallError, HostCall, RawFunc, define_unchecked
-from daemon.extensions.runtime import ABI_IMPORTS, ABI_MODULE
+from daemon.extensions.runtime import ABI_IMPORTS, ABI_MODULE, WasmRuntime
 from daemon.extensions.stats import TIME_MASK, ExtensionStats, Tally
 from daemon.jobs.context import ContextRegistry, JobContext
 from daemon.locations.fs import OpenFiles
@@ -39,6 +40,7 @@ STATS_MERGE_S = 1.0  # a running job's tally reaches its extension's stats this 
 MAX_JOB_NAME_BYTES = 128
 _LEVELS = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
 _enc = msgspec.json.Encoder()
+_U32 = struct.Struct("<I")
 _json_check = msgspec.json.Decoder()
 # 16 bytes of a UUID's text (hex digits and hyphens): a guest that passed the string.
 _UUID_TEXT = re.compile(rb"[0-9a-fA-F-]{16}")
@@ -105,6 +107,10 @@ class HostEnv:
     tally: Tally = field(default_factory=Tally)
     account: bool = True
     cpu_mark: float = 0.0  # thread CPU time at the last merge (the guest's thread)
+    # The runtime whose ticker advances the engine's epoch (counted in ``epoch``), and
+    # its count when a host function last set this instance's deadline.
+    epochs: WasmRuntime | None = None
+    deadline_epoch: int = -1
 
     def merge_stats(self, *, peak_memory: int = 0, outcome: str | None = None) -> None:
         """Fold the tally into the extension's stats. On the guest's thread."""
@@ -162,6 +168,7 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
     glog = logging.getLogger(f"sd.ext.{env.extension_id}")
 
     def reply(hc: HostCall, body: bytes) -> int:
+        """``body`` in memory the guest allocated, after its length (u32 LE)."""
         if env.alloc is None:
             raise GuestCallError("guest memory allocator is not ready")
         n = len(body)
@@ -169,7 +176,7 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
         if not isinstance(ptr, int) or ptr == 0:
             return 0
         try:
-            hc.write(ptr, n.to_bytes(4, "little") + body)
+            hc.write(ptr, _U32.pack(n) + body)
         except GuestCallError:
             raise GuestCallError(
                 f"spacedrive_call could not write its reply: the guest's wasm_alloc({4 + n}) "
@@ -198,6 +205,10 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
             if instead is not None:
                 calls[instead] = calls.get(instead, 0) + 1
 
+    # Fixed for the instance's life; looked up once (this is the guests' hot path).
+    dispatch, caller, revoked = env.dispatch, env.caller, env.revoked
+    max_payload, max_reply = limits.max_payload_bytes, limits.max_reply_bytes
+
     def spacedrive_call(hc: HostCall, a: tuple[Any, ...]) -> int:
         method_ptr, method_len, lib_ptr, payload_ptr, payload_len = a
         method = _text(hc, method_ptr, method_len, MAX_METHOD_BYTES, "method name")
@@ -210,17 +221,16 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
         library_id = None if lib_ptr == 0 else _library_id(hc.read(lib_ptr, 16))
         if payload_len < 0:
             raise GuestCallError(f"negative payload length {payload_len}")
-        if payload_len > limits.max_payload_bytes:
+        if payload_len > max_payload:
             count_error(errors.TooLarge.code)
             uncount(method, None)
             return reply(hc, error_body(errors.TooLarge(
-                f"payload of {payload_len} bytes exceeds the limit of {limits.max_payload_bytes}")))
+                f"payload of {payload_len} bytes exceeds the limit of {max_payload}")))
         payload = hc.read(payload_ptr, payload_len)
-        if env.revoked.is_set():
+        if revoked.is_set():
             raise GuestCallError(f"extension {env.extension_id} was unloaded")
         try:
-            result = env.dispatch(method, library_id, payload, env.caller)
-            body = b'{"ok":' + _enc.encode(result) + b"}"
+            body = _enc.encode({"ok": dispatch(method, library_id, payload, caller)})
         except errors.SdError as e:
             count_error(e.code)
             if e.code == errors.MethodNotFound.code:
@@ -231,10 +241,10 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
             count_error(errors.InternalError.code)
             body = error_body(errors.InternalError(f"internal error: {type(e).__name__}: {e}"))
         hc_deadline(hc)  # time spent in the host is not the guest's
-        if len(body) > limits.max_reply_bytes:
+        if len(body) > max_reply:
             count_error(errors.TooLarge.code)
             body = error_body(errors.TooLarge(
-                f"reply of {len(body)} bytes exceeds the limit of {limits.max_reply_bytes}"))
+                f"reply of {len(body)} bytes exceeds the limit of {max_reply}"))
         if t0:
             tally.timed_s += perf_counter() - t0
             tally.timed_calls += 1
@@ -345,7 +355,17 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
         return n
 
     def hc_deadline(hc: HostCall) -> None:
-        hc.set_epoch_deadline(env.deadline_ticks)
+        # The deadline is "deadline_ticks after now": while the runtime's ticker has not
+        # ticked since it was last set here, setting it again changes it by at most one
+        # tick (earlier, never later), so that call is skipped.
+        epochs = env.epochs
+        if epochs is None:
+            hc.set_epoch_deadline(env.deadline_ticks)
+            return
+        now = epochs.epoch
+        if now != env.deadline_epoch:
+            hc.set_epoch_deadline(env.deadline_ticks)
+            env.deadline_epoch = now
 
     fns: dict[str, Callable[[HostCall, tuple[Any, ...]], Any]] = {
         "spacedrive_call": spacedrive_call,

@@ -575,7 +575,8 @@ class PluginManager:
         caller = Caller(EXTENSION, extension_id=plugin.manifest.id, policy=plugin.policy)
         return HostEnv(plugin.manifest.id, caller, self._dispatch, self._contexts, self.limits,
                        plugin.log_limiter, self._deadline_ticks, plugin.revoked, phase=phase,
-                       read_into=self._read_into, stats=self.stats.of(plugin.manifest.id))
+                       read_into=self._read_into, stats=self.stats.of(plugin.manifest.id),
+                       epochs=self.runtime)
 
     def _memory_bytes(self, m: Manifest) -> int:
         return min(m.permissions.max_memory_mb, self.limits.max_memory_mb) * 1024 * 1024

@@ -32,6 +32,7 @@ import blake3
 import wasmtime
 
 from daemon.errors import ExtensionError
+from daemon.extensions.fastpath import fixed_memory_engine
 
 log = logging.getLogger("sd.extensions")
 
@@ -108,6 +109,8 @@ def engine_config() -> wasmtime.Config:
     config.strategy = "cranelift"
     config.cranelift_opt_level = "speed"
     config.epoch_interruption = True
+    # Memories grow in place, never move: host functions keep their view (fastpath).
+    config.memory_may_move = False
     return config
 
 
@@ -115,12 +118,15 @@ class WasmRuntime:
     """One engine (Cranelift, epoch interruption) and the compiled-module cache."""
 
     def __init__(self, cache_dir: Path, epoch_tick_ms: int) -> None:
-        self.engine = wasmtime.Engine(engine_config())
+        self.engine = fixed_memory_engine(engine_config())
         self.tick_s = epoch_tick_ms / 1000.0
         self.cache_dir = cache_dir
         self.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._version = metadata.version("wasmtime")
         self._stop = threading.Event()
+        # Ticks so far, counted after the engine's (so it lags the engine's epoch by at
+        # most one): host functions compare it to skip re-setting an unchanged deadline.
+        self.epoch = 0
         self._ticker = threading.Thread(target=self._tick, name="wasm-epoch", daemon=True)
         self._ticker.start()
 
@@ -128,6 +134,7 @@ class WasmRuntime:
         # Guests are stopped when the epoch passes their deadline; see Store.set_epoch_deadline.
         while not self._stop.wait(self.tick_s):
             self.engine.increment_epoch()
+            self.epoch += 1
 
     def ticks(self, ms: int) -> int:
         return max(1, int(ms / 1000.0 / self.tick_s))
@@ -139,7 +146,7 @@ class WasmRuntime:
         """The compiled module and whether it came from the cache. Blocking."""
         check_wasm_magic(wasm, name)
         key = hashlib.sha256(wasm).hexdigest()
-        path = self.cache_dir / f"{key}-wasmtime{self._version}-epoch.cwasm"
+        path = self.cache_dir / f"{key}-wasmtime{self._version}-epoch-fixedmem.cwasm"
         if path.exists():
             module = self._from_cache(path)
             if module is not None:
