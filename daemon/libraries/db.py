@@ -68,8 +68,11 @@ class Database:
     """One SQLite file and the single thread that talks to it."""
 
     def __init__(self, path: Path, migrations: Sequence[str],
-                 on_corrupt: Callable[[str], None] | None = None) -> None:
+                 on_corrupt: Callable[[str], None] | None = None,
+                 before_migrations: Callable[[sqlite3.Connection, Path], None] | None = None
+                 ) -> None:
         self.path = path
+        self._before_migrations = before_migrations
         self.on_corrupt = on_corrupt  # called on the database thread with the reason
         self.corrupt: str | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"db-{path.parent.name[:8]}")
@@ -105,6 +108,8 @@ class Database:
         # milliseconds on a million entries instead of seconds.
         conn.execute("PRAGMA analysis_limit=1000")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version <= len(migrations) and self._before_migrations is not None:
+            self._before_migrations(conn, self.path)
         if version > len(migrations):
             raise RuntimeError(
                 f"{self.path} has schema version {version}, newer than this sd "

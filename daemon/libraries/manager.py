@@ -36,6 +36,7 @@ from daemon.events import LibraryUnavailable as LibraryUnavailableEvent
 from daemon.jobs.context import ContextRegistry
 from daemon.jobs.manager import JobManager
 from daemon.jobs.types import JobRegistry
+from daemon.libraries import deferred
 from daemon.libraries.db import Database, classify, transaction
 from daemon.libraries.schema import MIGRATIONS
 
@@ -153,7 +154,8 @@ class LibraryManager:
     async def _open(self, path: Path) -> Library:
         lib_id = path.name
         db = await asyncio.to_thread(Database, path / DB_NAME, MIGRATIONS,
-                                     lambda reason: self._corrupt_from_thread(lib_id, reason))
+                                     lambda reason: self._corrupt_from_thread(lib_id, reason),
+                                     deferred.restore_on_open)
         try:
             meta = dict(await db.run(
                 lambda c: c.execute("SELECT key, value FROM library").fetchall()))

@@ -156,4 +156,15 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER entry_tags_take_size AFTER INSERT ON entry_tags BEGIN UPDATE entry_tags SET size = (SELECT e.size FROM entries e WHERE e.id = NEW.entry_id) WHERE tag_id = NEW.tag_id AND entry_id = NEW.entry_id; END;
     CREATE TRIGGER entries_size_to_tags AFTER UPDATE OF size ON entries BEGIN UPDATE entry_tags SET size = NEW.size WHERE entry_id = NEW.id; END
     """,
+    # 8: secondary indexes of a table dropped for a bulk load (daemon/libraries/deferred.py),
+    # each with the SQL that makes it again; a library opened with rows here gets them back
+    # before anything else runs (a kill -9 during a location's first walk).
+    """
+    CREATE TABLE deferred_indexes (
+        name TEXT PRIMARY KEY,
+        tbl TEXT NOT NULL,
+        sql TEXT NOT NULL,
+        deferred_at REAL NOT NULL
+    ) WITHOUT ROWID
+    """,
 ]

@@ -23,6 +23,14 @@ of that batch (not files: the state is as big as the walk's frontier). Re-doing 
 batch after ``kill -9`` is harmless: the diff of an already-applied listing writes
 nothing.
 
+A location's first walk into a library it will dominate defers the entries' secondary
+indexes (``daemon.libraries.deferred``): once it has listed as many entries as the
+library held when it started (and at least ``DEFER_MIN``), the indexes its inserts
+would write at random places are dropped (their SQL recorded in the same transaction),
+rows go in without a diff in smaller batches, and the indexes are built again before
+the sweep (pause, cancel and failure too; after a shutdown or ``kill -9``, the next
+open of the library does it).
+
 A directory whose listing hashes to what was last applied for it (table
 ``dir_listings``) is not diffed at all: a rescan of an unchanged tree reads no
 stored rows. Triggers drop a directory's hash whenever any code changes one of its
@@ -33,6 +41,8 @@ from __future__ import annotations
 
 import enum
 import errno
+import functools
+import logging
 import os
 import sqlite3
 import time
@@ -45,6 +55,7 @@ import msgspec
 
 from daemon import errors
 from daemon.jobs.context import Interrupt, Interrupted, JobContext
+from daemon.libraries import deferred
 from daemon.libraries.db import transaction
 from daemon.locations import content, store
 from daemon.locations.fs import join
@@ -58,6 +69,20 @@ _S_IFMT, _S_IFREG, _S_IFDIR, _S_IFLNK = 0o170000, 0o100000, 0o040000, 0o120000
 # statistics (ANALYZE with a sampling limit: milliseconds).
 ANALYZE_AFTER_CHANGES = 1000
 _GONE_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+# A first walk (no move detection) defers the entries' secondary indexes once it has listed
+# as many entries as the library held when it started (and at least DEFER_MIN): building
+# them afresh afterwards costs about as much per row as inserting it, keeping them up
+# during the inserts several times more. Rebuilding covers every row of the library, at
+# most twice what this walk inserts, so a walk that crosses the line just before it ends
+# pays at most that.
+DEFER_MIN = 1000
+# Batches of a deferred walk: small, so the walk lists the next one while this one is
+# written (no random index writes to amortise).
+DEFERRED_BATCH = 5000
+# Kept while deferred: partial indexes (a first walk inserts no rows into them) and one
+# whose rows arrive in key order (location, then id): nearly free to keep up.
+KEEP_LIVE = frozenset({"entries_by_location", "entries_by_cas_id", "entries_missing",
+                       "entries_rare_kind", "entries_rare_kind_size"})
 T = TypeVar("T")
 
 
@@ -109,7 +134,6 @@ GONE = Gone.GONE
 # listing is the one last applied, so there is nothing to write).
 Listed = tuple[str, Listing, bytes | None, bool]
 _pack = msgspec.msgpack.Encoder().encode
-_json = msgspec.json.Encoder().encode
 
 
 def listing_hash(listing: list[Child]) -> bytes:
@@ -145,6 +169,7 @@ def index_job(ctx: JobContext, inp: IndexInput) -> dict[str, Any]:
                  "counts": msgspec.to_builtins(Counts())}
     counts = msgspec.convert(state["counts"], Counts)
     t0 = time.monotonic()
+    deferred_n = 0
     if state["phase"] == "walk":
         # A page cache that holds the entries' indexes while a walk writes them (random
         # inserts into a million-entry index would otherwise read and write the disk);
@@ -152,10 +177,20 @@ def index_job(ctx: JobContext, inp: IndexInput) -> dict[str, Any]:
         # Checkpoints less often, too: a page that many batches rewrite is copied into
         # the database once per checkpoint, not once per batch.
         db.run_sync(_walk_settings)
+        walker = Walker(ctx, inp, root, state, counts)
         try:
-            Walker(ctx, inp, root, state, counts).run()
+            walker.run()
+        except BaseException:
+            # Not at shutdown, which must not wait for them: the next open makes them.
+            if walker.bulk and ctx.interrupt_reason != "shutdown":
+                _restore_quietly(ctx)
+            raise
+        else:
+            if walker.bulk:  # before the sweep, which uses them; with the walk's cache
+                _restore(ctx)
         finally:
             db.run_sync(_default_settings)
+        deferred_n = walker.deferred
         state["phase"] = "sweep"
     if state["phase"] == "sweep":
         counts.removed += _guard(ctx, lambda: db.run_sync(
@@ -167,13 +202,33 @@ def index_job(ctx: JobContext, inp: IndexInput) -> dict[str, Any]:
         ctx.report_progress(1.0 if not inp.identify else 0.5, f"indexed {counts.seen} entries")
         ctx.checkpoint(state)
     out: dict[str, Any] = {"location_id": inp.location_id, **msgspec.to_builtins(counts),
-                           "warnings": len(ctx.warnings),
+                           "warnings": len(ctx.warnings), "deferred_indexes": deferred_n,
                            "seconds": round(time.monotonic() - t0, 3)}
     if state["phase"] == "identify":
         extra = {k: v for k, v in state.items() if k != "identify"}
         out["identify"] = _guard(ctx, lambda: content.identify(
             ctx, inp.location_id, dict(state.get("identify") or {}), extra, progress_from=0.5))
     return out
+
+
+def _restore(ctx: JobContext) -> None:
+    """Make the deferred indexes again (before the sweep, which uses them)."""
+    def progress(done: int, total: int) -> None:
+        ctx.report_progress(ctx.progress, f"building the entries' indexes ({done}/{total})")
+    t0 = time.monotonic()
+    n = ctx.db.run_sync(lambda c: deferred.restore(c, progress))
+    if n:
+        ctx.log(f"made {n} deferred indexes again in {time.monotonic() - t0:.2f} s")
+
+
+def _restore_quietly(ctx: JobContext) -> None:
+    """``_restore`` on the way out of a failed or stopped walk: a failure of its own (a
+    full disk) is logged, the walk's error is the one reported; the next index job or
+    open of the library tries again. Not at shutdown: the next open does it."""
+    try:
+        _restore(ctx)
+    except errors.SdError as e:
+        ctx.log(f"could not make the deferred indexes again: {e.message}", logging.WARNING)
 
 
 def _walk_settings(conn: sqlite3.Connection) -> None:
@@ -206,6 +261,18 @@ class Walker:
         # Inode matching costs a lookup per new entry: skip it on a location's first walk.
         self.moves = bool(state["moves"]) or ctx.resumed
         self.progress = 0.0
+        db = ctx.db
+        # Deferred indexes a stopped walk left (a full disk while making them again) are
+        # made first, unless this is a first walk that may defer them again anyway.
+        if self.moves and db.run_sync(deferred.missing):
+            _restore(ctx)
+        self.bulk = False  # the indexes are deferred: rows go in without a diff
+        self.deferred = 0  # how many indexes this walk deferred
+        # Entries listed when this walk defers the indexes (None: it never does).
+        self.defer_at: int | None = None
+        if not self.moves:
+            held = db.run_sync(lambda c: c.execute("SELECT count(*) FROM entries").fetchone()[0])
+            self.defer_at = max(int(held), DEFER_MIN)
         self.inflight: tuple[Future[Applied], list[str], list[Listed]] | None = None
         # The hash of each directory's listing as last applied: a directory listed the
         # same again is not diffed at all (the database drops a hash whenever a child
@@ -231,7 +298,7 @@ class Walker:
                 batch.append((rel, listing, None, False))
                 pending += 1
             now = time.monotonic()
-            if pending >= self.inp.batch_size or now - last >= FLUSH_EVERY_S:
+            if pending >= self.limit() or now - last >= FLUSH_EVERY_S:
                 self.flush(batch)
                 batch, pending, last = [], 0, now
             elif now - shown >= PROGRESS_EVERY_S:
@@ -241,12 +308,29 @@ class Walker:
             self.flush(batch)
         self.settle()
 
+    def limit(self) -> int:
+        """Entries listed before a batch is handed over."""
+        if self.bulk:
+            return min(self.inp.batch_size, DEFERRED_BATCH)
+        if self.defer_at is not None:  # hand over as soon as the indexes are to be deferred
+            return max(min(self.inp.batch_size, self.defer_at - self.counts.seen), 1)
+        return self.inp.batch_size
+
     def flush(self, batch: list[Listed]) -> None:
         """Hand a batch to the database thread; the walk goes on while it is written."""
         self.settle()
         db = self.ctx.db
         loc, root, moves = self.inp.location_id, self.root, self.moves
-        fut = db.submit(lambda conn: apply_batch(conn, loc, root, batch, moves))
+        listed = self.counts.seen + sum(len(x[1]) for x in batch if isinstance(x[1], list))
+        if self.defer_at is not None and not self.bulk and listed >= self.defer_at:
+            # Recorded with the drop: whatever stops the walk, the library gets them back.
+            names = db.run_sync(lambda c: deferred.defer(c, "entries", KEEP_LIVE))
+            self.ctx.log(f"deferred {len(names)} indexes for a bulk first walk")
+            self.bulk, self.deferred = True, len(names)
+        if self.bulk:
+            fut = db.submit(lambda conn: apply_first_walk(conn, loc, root, batch))
+        else:
+            fut = db.submit(lambda conn: apply_batch(conn, loc, root, batch, moves))
         self.inflight = (fut, list(self.stack), batch)
 
     def settle(self) -> None:
@@ -378,15 +462,64 @@ class Applied(NamedTuple):
     moved: int
 
 
-_INSERT = ("INSERT INTO entries (location_id, path, parent, name, extension, kind, size, "
-           "mtime_ns, dev, inode) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-# The same for a whole listing at once, from its JSON: one statement, during which SQLite
-# works without the GIL while the walk lists the next directories.
-_INSERT_JSON = (
-    "INSERT INTO entries (location_id, path, parent, name, extension, kind, size, mtime_ns, "
-    "dev, inode) SELECT ?1, CASE WHEN ?2 = '' THEN v->>0 ELSE ?2 || '/' || (v->>0) END, ?2, "
-    "v->>0, v->>6, v->>1, v->>2, v->>3, v->>4, v->>5 FROM (SELECT value AS v FROM json_each(?3))")
-_I64 = 1 << 63
+# Rows go in as multi-row VALUES statements of a few fixed sizes (each prepared once):
+# SQLite works without the GIL while it runs one, and binding a row's values costs less
+# than any per-row statement or a JSON document to take apart. A row is a listed child
+# with its directory in front: (parent, name, kind, size, mtime_ns, dev, inode, extension).
+_ROW_WIDTH = 8
+_CHUNKS = (1024, 256, 64, 16, 4, 1)
+
+
+@functools.cache
+def _insert_sql(location_id: int, rows: int) -> str:
+    return ("INSERT INTO entries (location_id, parent, name, kind, size, mtime_ns, dev, inode, "
+            f"extension, path) SELECT {int(location_id)}, column1, column2, column3, column4, "
+            "column5, column6, column7, column8, iif(column1 = '', column2, "
+            "column1 || '/' || column2) FROM (VALUES "
+            + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows) + ")")
+
+
+@functools.cache
+def _listings_sql(location_id: int, rows: int) -> str:
+    return ("INSERT OR REPLACE INTO dir_listings (location_id, path, hash) "
+            f"SELECT {int(location_id)}, column1, column2 FROM (VALUES "
+            + ", ".join(["(?, ?)"] * rows) + ")")
+
+
+@functools.cache
+def _stored_under_sql(location_id: int, rows: int) -> str:
+    # [dir/, dir0) is exactly the paths under dir (see _delete_subtree)
+    return ("SELECT 1 FROM (VALUES " + ", ".join(["(?)"] * rows) + ") d JOIN entries e "
+            f"ON e.location_id = {int(location_id)} AND e.path > d.column1 || '/' "
+            "AND e.path < d.column1 || '0' LIMIT 1")
+
+
+def _chunked(conn: sqlite3.Connection, sql: Callable[[int, int], str], location_id: int,
+             flat: list[Any], width: int) -> bool:
+    """Run ``sql(location_id, n)`` over ``flat`` (``width`` values a row), a few fixed
+    sizes of ``n`` (each statement prepared once); True if any statement returned a row."""
+    n = len(flat) // width
+    i = 0
+    found = False
+    for size in _CHUNKS:
+        step = size * width
+        while n - i >= size:
+            cur = conn.execute(sql(location_id, size), flat[i * width:i * width + step])
+            found = found or cur.fetchone() is not None
+            i += size
+    return found
+
+
+def _insert(conn: sqlite3.Connection, location_id: int, flat: list[Any]) -> int:
+    """Insert rows given flat (``_ROW_WIDTH`` values each); returns how many."""
+    _chunked(conn, _insert_sql, location_id, flat, _ROW_WIDTH)
+    return len(flat) // _ROW_WIDTH
+
+
+def _rows(parent: str, children: list[Child], out: list[Any]) -> None:
+    add = out.extend
+    for ch in children:
+        add((parent, *ch))
 
 
 def apply_batch(conn: sqlite3.Connection, location_id: int, root: str,
@@ -437,21 +570,48 @@ def apply_batch(conn: sqlite3.Connection, location_id: int, root: str,
                 new, n = _moves(conn, location_id, root, parent, new)
                 moved += n
             if new:
-                _insert(conn, location_id, parent, new)
-                inserted += len(new)
+                flat: list[Any] = []
+                _rows(parent, new, flat)
+                inserted += _insert(conn, location_id, flat)
             # Written last: every write above to a child row dropped the old hash.
             conn.execute("INSERT OR REPLACE INTO dir_listings (location_id, path, hash) "
                          "VALUES (?, ?, ?)", (location_id, parent, digest))
     return Applied(inserted, updated, moved)
 
 
-def _insert(conn: sqlite3.Connection, location_id: int, parent: str, new: list[Child]) -> None:
-    if all(ch[INODE] < _I64 and ch[DEV] < _I64 for ch in new):
-        conn.execute(_INSERT_JSON, (location_id, parent, _json(new)))
-    else:  # JSON would turn these into floats; binding them fails clearly instead
-        conn.executemany(_INSERT, [
-            (location_id, join(parent, ch[NAME]), parent, ch[NAME], ch[EXT], ch[KIND], ch[SIZE],
-             ch[MTIME], ch[DEV], ch[INODE]) for ch in new])
+def apply_first_walk(conn: sqlite3.Connection, location_id: int, root: str,
+                     batch: list[Listed]) -> Applied:
+    """``apply_batch`` for a first walk while the entries' indexes are deferred.
+
+    A first walk lists each directory once and nothing else writes the location while an
+    indexer job runs (the live watcher waits), so a listed directory has no stored
+    descendants yet: its children are inserted without a diff, the whole batch at once.
+    That is checked (an index seek per directory); should any be stored after all, the
+    batch is diffed as usual (``apply_batch``, slower without the indexes, still right).
+    """
+    store.require_location(conn, location_id)
+    dirs = [parent for parent, listing, _, _ in batch if isinstance(listing, list)]
+    stored = _chunked(conn, _stored_under_sql, location_id, [d for d in dirs if d], 1)
+    if not stored and "" in dirs:
+        stored = conn.execute("SELECT 1 FROM entries WHERE location_id = ? LIMIT 1",
+                              (location_id,)).fetchone() is not None
+    if stored:
+        return apply_batch(conn, location_id, root, batch, False)
+    flat: list[Any] = []
+    hashes: list[Any] = []
+    with transaction(conn):
+        for parent, listing, digest, _ in batch:
+            if listing is GONE:
+                if parent:
+                    conn.execute("UPDATE entries SET missing = 1 WHERE location_id = ? AND path = ?",
+                                 (location_id, parent))
+            elif listing is not None:
+                _rows(parent, listing, flat)
+                hashes += (parent, digest)
+        inserted = _insert(conn, location_id, flat)
+        # After the rows: inserting a child drops its directory's hash (the triggers).
+        _chunked(conn, _listings_sql, location_id, hashes, 2)
+    return Applied(inserted, 0, 0)
 
 
 def _moves(conn: sqlite3.Connection, location_id: int, root: str, parent: str,

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import msgspec
 
 from daemon import errors
+from daemon.libraries import deferred
 from daemon.libraries.db import transaction
 
 Kind = Literal["file", "dir", "symlink", "other"]
@@ -196,7 +197,9 @@ def resolve_tag(conn: sqlite3.Connection, tag: int | str) -> int:
 # (migration 5); otherwise the rows matching the driving filter are sorted, which is
 # bounded by that filter's selectivity (a tag, a cas_id, a directory). Indexes are
 # named (INDEXED BY) rather than left to the planner, so a page costs the same on a
-# library of any size whether or not ANALYZE has run; tests check the plans.
+# library of any size whether or not ANALYZE has run; tests check the plans. While a bulk
+# first walk has an index deferred (daemon.libraries.deferred) it is not named: the page
+# is then found without it (slower, same rows).
 _ORDERED_BY_ID = {  # driving filter -> index whose entries follow id within one key
     "cas_id": "entries_by_cas_id",
     "parent": "entries_by_parent",
@@ -226,6 +229,11 @@ def entries_sql(conn: sqlite3.Connection, q: EntryQuery) -> tuple[str, list[Any]
     if q.parent is not None and q.location_id is None:
         raise errors.InvalidParams("the parent filter needs location_id")
     key = _parse_cursor(q.cursor, q.order) if q.cursor is not None else None
+    absent = deferred.missing(conn)
+
+    def hint(index: str) -> str:
+        return "" if index in absent else f"INDEXED BY {index}"
+
     rare_kind = q.kind is not None and q.kind != "file"
     given = {"cas_id": q.cas_id, "parent": q.parent, "extension": q.extension,
              "kind": q.kind if rare_kind else None, "location_id": q.location_id}
@@ -247,16 +255,17 @@ def entries_sql(conn: sqlite3.Connection, q: EntryQuery) -> tuple[str, list[Any]
     where, args = _filters(q, key, "e.id")
     if q.order == "id":
         index = _ORDERED_BY_ID.get(driver) if driver else None
-        if index is None and q.min_size is not None and _few_at_least(conn, q.min_size):
+        if (index is None and q.min_size is not None
+                and _few_at_least(conn, q.min_size, hint("entries_by_size"))):
             # Few match: sort their ids, found in each location's size range.
-            return _page("SELECT e.id FROM entries e INDEXED BY entries_by_size",
+            return _page("SELECT e.id FROM entries e " + hint("entries_by_size"),
                          ["e.location_id IN (SELECT id FROM locations)", *where], args, q, "e.id")
-        return _page("SELECT e.id FROM entries e "
-                     + (f"INDEXED BY {index}" if index else "NOT INDEXED"), where, args, q, "e.id")
+        return _page("SELECT e.id FROM entries e " + (hint(index) if index else "NOT INDEXED"),
+                     where, args, q, "e.id")
     if driver is not None:
         index = _ORDERED_BY_SIZE.get(driver) or _ORDERED_BY_ID[driver]  # else: sort the few
-        return _page(f"SELECT e.id FROM entries e INDEXED BY {index}", where, args, q, "e.id")
-    head = "SELECT e.id, e.size FROM entries e INDEXED BY entries_by_size"
+        return _page(f"SELECT e.id FROM entries e {hint(index)}", where, args, q, "e.id")
+    head = "SELECT e.id, e.size FROM entries e " + hint("entries_by_size")
     arms = [_page(head, ["e.location_id = ?", *where], [loc, *args], q, "e.id")
             for (loc,) in conn.execute("SELECT id FROM locations ORDER BY id")]
     if not arms:
@@ -300,9 +309,9 @@ def _page(head: str, where: list[str], args: list[Any], q: EntryQuery,
     return head + " WHERE " + " AND ".join(where) + order + " LIMIT ?", [*args, q.limit + 1]
 
 
-def _few_at_least(conn: sqlite3.Connection, min_size: int) -> bool:
+def _few_at_least(conn: sqlite3.Connection, min_size: int, hint: str) -> bool:
     """Whether at most MIN_SIZE_SORT_LIMIT entries have ``size >= min_size`` (index-only)."""
-    n = conn.execute("SELECT count(*) FROM (SELECT 1 FROM entries INDEXED BY entries_by_size "
+    n = conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM entries {hint} "
                      "WHERE location_id IN (SELECT id FROM locations) AND size >= ? LIMIT ?)",
                      (min_size, MIN_SIZE_SORT_LIMIT + 1)).fetchone()[0]
     return int(n) <= MIN_SIZE_SORT_LIMIT

@@ -1,0 +1,90 @@
+"""Secondary indexes dropped for a bulk load and made again afterwards.
+
+Inserting rows into a table with several indexes writes each index at a random
+place per row; building an index from the finished table is one sorted pass,
+several times cheaper. ``defer`` drops a table's indexes (all but those named to
+keep) and records each one's SQL in ``deferred_indexes`` in the same transaction;
+``restore`` makes them again, one transaction per index, deleting its record as it
+commits it. So the record and the schema always agree: whatever stops the process,
+an index is either there or recorded, never lost. A library database restores any
+recorded index when it is opened, before its migrations (``Database``).
+
+Readers must not name a deferred index (``INDEXED BY`` fails when it is missing):
+``missing`` says which are.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Collection
+
+from daemon.libraries.db import transaction
+
+log = logging.getLogger("sd.db")
+
+TABLE = "deferred_indexes"
+
+
+def defer(conn: sqlite3.Connection, table: str, keep: Collection[str]) -> list[str]:
+    """Drop ``table``'s indexes but those in ``keep`` (and the automatic ones of its
+    UNIQUE constraints), recording how to make each again; returns their names."""
+    with transaction(conn):
+        rows = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+            "AND sql IS NOT NULL ORDER BY name", (table,)).fetchall()
+        dropped = [(name, sql) for name, sql in rows if name not in keep]
+        now = time.time()
+        for name, sql in dropped:
+            conn.execute(f"INSERT OR REPLACE INTO {TABLE} (name, tbl, sql, deferred_at) "
+                         "VALUES (?, ?, ?, ?)", (name, table, sql, now))
+            conn.execute(f'DROP INDEX "{name}"')
+    return [name for name, _ in dropped]
+
+
+def missing(conn: sqlite3.Connection) -> set[str]:
+    """The names of the indexes deferred now (dropped, not yet made again)."""
+    return {name for (name,) in conn.execute(f"SELECT name FROM {TABLE}")}
+
+
+def restore(conn: sqlite3.Connection,
+            progress: Callable[[int, int], None] | None = None) -> int:
+    """Make every deferred index again; returns how many. ``progress(done, total)`` is
+    called before each one. A failure (a full disk) leaves the rest recorded."""
+    rows = conn.execute(f"SELECT name, sql FROM {TABLE} ORDER BY name").fetchall()
+    for done, (name, sql) in enumerate(rows):
+        if progress is not None:
+            progress(done, len(rows))
+        with transaction(conn):
+            exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
+                                  (name,)).fetchone()
+            if exists is None:
+                conn.execute(sql)
+            conn.execute(f"DELETE FROM {TABLE} WHERE name = ?", (name,))
+    return len(rows)
+
+
+def restore_on_open(conn: sqlite3.Connection, path: object) -> None:
+    """At open, before migrations: make again what a stopped bulk load left deferred.
+
+    A failure (no space to build them) is logged, not raised: every reader works
+    without the indexes, and the next index job or open tries again.
+    """
+    known = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                         (TABLE,)).fetchone()
+    if known is None:
+        return
+    names = sorted(missing(conn))
+    if not names:
+        return
+    log.warning("%s: making %d indexes again that a bulk load left deferred (%s)",
+                path, len(names), ", ".join(names))
+    t0 = time.monotonic()
+    try:
+        restore(conn)
+    except (sqlite3.Error, OSError) as e:
+        log.error("%s: could not make the deferred indexes again (%s); queries work without "
+                  "them, the next index job or open tries again", path, e)
+        return
+    log.info("%s: indexes made again in %.1f s", path, time.monotonic() - t0)

@@ -1,0 +1,240 @@
+"""A location's first walk with the entries' secondary indexes deferred (dropped while it
+inserts, made again before the sweep): same rows as a normal walk, every query works
+meanwhile, and pause, cancel and kill -9 all leave a library with every index."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Daemon, wait_for, wait_for_async
+from fstree import expected_index
+from test_locations import by_path, job_when, op, shape
+
+from daemon.app import open_app
+from daemon.config import DaemonConfig
+from daemon.core import Core
+from daemon.libraries import deferred
+from daemon.libraries.manager import Library
+from daemon.locations import indexer, store
+
+EXTS = ("txt", "jpg", "md", "")
+ROW_COLS = "path, parent, name, extension, kind, size, mtime_ns, dev, inode, cas_id, missing"
+
+
+def make_tree(root: Path, dirs: int = 24, files: int = 60) -> None:
+    """dirs x files sparse files in two levels, an empty directory and a symlink:
+    more entries than DEFER_MIN, so a first walk into an empty library defers."""
+    for d in range(dirs):
+        leaf = root / f"top{d // 6}" / f"dir{d:02d}"
+        leaf.mkdir(parents=True)
+        for f in range(files):
+            ext = EXTS[f % len(EXTS)]
+            with open(leaf / (f"f{f:03d}." + ext if ext else f"f{f:03d}"), "wb") as fh:
+                fh.truncate((d * 31 + f * 7) % 300)
+    (root / "empty").mkdir()
+    os.symlink("top0", root / "link")
+    assert sum(1 for _ in root.rglob("*")) > indexer.DEFER_MIN
+
+
+@pytest.fixture
+async def core(tmp_path: Path) -> AsyncIterator[Core]:
+    data = tmp_path / "data"
+    c = (await open_app(data, DaemonConfig(data_dir=data, socket_path=data / "s.sock"),
+                        load_extensions=False)).core
+    yield c
+    await c.shutdown()
+
+
+def index_sql(conn: sqlite3.Connection) -> set[tuple[str, str]]:
+    return set(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+                            "AND sql IS NOT NULL"))
+
+
+def rows(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    return conn.execute(f"SELECT {ROW_COLS} FROM entries ORDER BY path").fetchall()
+
+
+async def add_empty_location(core: Core, lib: Library, tree: Path) -> int:
+    """A location whose first walk is still to come: added while its directory is empty."""
+    tree.mkdir(parents=True)
+    added = await op(core, lib, "action:locations.add.input.v1",
+                     {"path": str(tree), "watch": False})
+    await (await lib.jobs.get_handle(added["job_id"])).wait()
+    return int(added["location"]["id"])
+
+
+async def slow_first_walk(core: Core, lib: Library, tmp_path: Path) -> tuple[Path, int, str]:
+    """A first walk in small throttled batches, running with its indexes deferred."""
+    tree = tmp_path / "tree"
+    loc = await add_empty_location(core, lib, tree)
+    make_tree(tree)
+    job_id = await lib.jobs.dispatch_by_name("locations.index", {
+        "location_id": loc, "batch_size": 300, "throttle_ms": 150})
+    await wait_for_async(lambda: lib.db.run(deferred.missing), 30, "the indexes deferred")
+    await job_when(lib, job_id, lambda i: i.checkpoints >= 2)
+    return tree, loc, job_id
+
+
+async def test_deferred_first_walk_stores_what_a_normal_walk_does(
+        core: Core, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tree = tmp_path / "tree"
+    make_tree(tree)
+    fresh = await core.libraries.create_library("fresh")
+    fast = await core.libraries.create_library("deferred")
+    added = await op(core, fast, "action:locations.add.input.v1", {"path": str(tree), "watch": False})
+    out = await (await fast.jobs.get_handle(added["job_id"])).wait()
+    assert out["deferred_indexes"] == 5 and out["inserted"] == len(expected_index(tree))
+
+    monkeypatch.setattr(indexer, "DEFER_MIN", 10**9)  # the same walk, indexes kept up
+    plain = await core.libraries.create_library("plain")
+    added = await op(core, plain, "action:locations.add.input.v1", {"path": str(tree), "watch": False})
+    out2 = await (await plain.jobs.get_handle(added["job_id"])).wait()
+    assert out2["deferred_indexes"] == 0 and out2["inserted"] == out["inserted"]
+
+    got, want = await fast.db.run(rows), await plain.db.run(rows)
+    assert got == want and len(got) == out["inserted"]
+    listings = "SELECT path, hash FROM dir_listings ORDER BY path"
+    assert (await fast.db.run(lambda c: c.execute(listings).fetchall())
+            == await plain.db.run(lambda c: c.execute(listings).fetchall()))
+    assert shape(await by_path(core, fast)) == expected_index(tree)
+    # Every index is back, as a new library has them, and nothing is left recorded.
+    assert await fast.db.run(index_sql) == await fresh.db.run(index_sql)
+    assert await fast.db.run(deferred.missing) == set()
+    again = await op(core, fast, "action:locations.rescan.input.v1", {"id": added["location"]["id"]})
+    out3 = await (await fast.jobs.get_handle(again["job_id"])).wait()
+    assert (out3["inserted"], out3["updated"], out3["removed"], out3["deferred_indexes"]) == (0, 0, 0, 0)
+
+
+def brute(conn: sqlite3.Connection, q: store.EntryQuery) -> list[int]:
+    """The ids entries.list must return for ``q``, by a plain scan of the table."""
+    tagged = None
+    if q.tag is not None:
+        tagged = {r[0] for r in conn.execute("SELECT entry_id FROM entry_tags WHERE tag_id = ?",
+                                             (store.resolve_tag(conn, q.tag),))}
+    out = []
+    for i, loc, parent, ext, kind, size in conn.execute(
+            "SELECT id, location_id, parent, extension, kind, size FROM entries WHERE missing = 0"):
+        if ((q.location_id is None or loc == q.location_id)
+                and (q.parent is None or parent == q.parent)
+                and (q.extension is None or ext == q.extension)
+                and (q.kind is None or kind == q.kind)
+                and (q.min_size is None or size >= q.min_size)
+                and (tagged is None or i in tagged)):
+            out.append((size, i) if q.order == "size" else (i,))
+    return [k[-1] for k in sorted(out)]
+
+
+def pages(conn: sqlite3.Connection, q: store.EntryQuery) -> list[int]:
+    ids, cursor = [], None
+    while True:
+        page = store.list_entries(conn, store.EntryQuery(**{**store_fields(q), "cursor": cursor}))
+        ids += [e.id for e in page.entries]
+        if page.next_cursor is None:
+            return ids
+        cursor = page.next_cursor
+
+
+def store_fields(q: store.EntryQuery) -> dict[str, Any]:
+    return {f: getattr(q, f) for f in q.__struct_fields__}
+
+
+async def test_every_query_works_while_indexes_are_deferred(core: Core, tmp_path: Path) -> None:
+    lib = await core.libraries.create_library("L")
+    tree, loc, job_id = await slow_first_walk(core, lib, tmp_path)
+    tag = await op(core, lib, "action:tags.create.input.v1", {"name": "t"})
+    some = await op(core, lib, "query:entries.list.v1", {"location_id": loc, "limit": 40})
+    assert len(some["entries"]) == 40
+    await op(core, lib, "action:tags.apply.input.v1",
+             {"tag": "t", "entry_ids": [e["id"] for e in some["entries"][::3]]})
+    queries = [dict(location_id=loc), dict(location_id=loc, parent="top0/dir01"),
+               dict(extension="txt"), dict(kind="file"), dict(kind="dir"), dict(min_size=200),
+               dict(location_id=loc, min_size=1), dict(tag=tag["id"])]
+
+    def check(conn: sqlite3.Connection) -> tuple[set[str], int]:
+        # One call on the database thread: the walk cannot commit in between.
+        missing = deferred.missing(conn)
+        n = 0
+        for f in queries:
+            for order in ("id", "size"):
+                q = store.EntryQuery(**f, order=order, limit=37)  # type: ignore[arg-type]
+                got = pages(conn, q)
+                assert got == brute(conn, q), (f, order)
+                n += len(got)
+        return missing, n
+
+    missing, n = await lib.db.run(check)
+    assert missing and n > 0  # checked while the indexes were deferred, on rows already in
+    # What the duplicate finder asks: a location's files by size from a cursor.
+    page = await op(core, lib, "query:entries.list.v1",
+                    {"location_id": loc, "min_size": 1, "order": "size", "limit": 10})
+    assert page["entries"] and page["next_cursor"]
+    out = await (await lib.jobs.get_handle(job_id)).wait()
+    assert out["deferred_indexes"] == 5
+    assert shape(await by_path(core, lib)) == expected_index(tree)
+    assert await lib.db.run(deferred.missing) == set()
+    assert await lib.db.run(lambda c: c.execute("PRAGMA integrity_check").fetchone()[0]) == "ok"
+
+
+async def test_pause_and_cancel_mid_walk_make_the_indexes_again(core: Core, tmp_path: Path) -> None:
+    fresh = await core.libraries.create_library("fresh")
+    lib = await core.libraries.create_library("L")
+    tree, loc, job_id = await slow_first_walk(core, lib, tmp_path)
+    await lib.jobs.pause(job_id)
+    await job_when(lib, job_id, lambda i: i.status == "paused")
+    assert await lib.db.run(index_sql) == await fresh.db.run(index_sql)
+    assert await lib.db.run(deferred.missing) == set()
+    await lib.jobs.resume(job_id)
+    out = await (await lib.jobs.get_handle(job_id)).wait()
+    assert out["deferred_indexes"] == 0  # a resumed walk detects moves, never defers
+    assert shape(await by_path(core, lib)) == expected_index(tree)
+
+    lib2 = await core.libraries.create_library("L2")
+    _, _, job2 = await slow_first_walk(core, lib2, tmp_path / "2")
+    await lib2.jobs.cancel(job2)
+    await job_when(lib2, job2, lambda i: i.status == "cancelled")
+    assert await lib2.db.run(index_sql) == await fresh.db.run(index_sql)
+    assert await lib2.db.run(deferred.missing) == set()
+
+
+def test_kill9_during_a_deferred_walk_restores_indexes_at_start(
+        daemon: Daemon, tmpdir_short: Path) -> None:
+    lib = daemon.sd_json("library", "create", "L")["id"]
+    fresh = daemon.sd_json("library", "create", "fresh")["id"]
+    libdir = daemon.data_dir / "libraries"
+    tree = tmpdir_short / "tree"
+    tree.mkdir()
+    added = daemon.sd_json("location", "add", str(tree), "--no-watch", "--library", lib)
+    loc = added["location"]["id"]
+    daemon.watch_job(added["job_id"], lib)
+    make_tree(tree)
+    job = daemon.sd_json("job", "dispatch", "locations.index", "--library", lib, "--input",
+                         json.dumps({"location_id": loc, "batch_size": 300, "throttle_ms": 200}))
+    db = libdir / lib / "library.db"
+
+    def deferred_now() -> bool:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+            return bool(deferred.missing(c)) and c.execute(
+                "SELECT checkpoints FROM jobs WHERE id = ?", (job["job_id"],)).fetchone()[0] >= 2
+    wait_for(deferred_now, 30, "a checkpointed walk with its indexes deferred")
+    daemon.kill9()
+    with sqlite3.connect(db) as c:
+        assert "entries_by_size" not in {n for n, _ in index_sql(c)}
+
+    daemon.start()  # the library is open once the daemon answers
+    with sqlite3.connect(db) as c, sqlite3.connect(libdir / fresh / "library.db") as f:
+        assert index_sql(c) == index_sql(f)
+        assert deferred.missing(c) == set()
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    final = daemon.watch_job(job["job_id"], lib)
+    assert final["status"] == "completed" and final["output"]["deferred_indexes"] == 0
+    with sqlite3.connect(db) as c:
+        stored = {p: (k, s) for p, k, s in c.execute(
+            "SELECT path, kind, size FROM entries WHERE location_id = ? AND missing = 0", (loc,))}
+    assert stored == expected_index(tree)
+    assert "making 5 indexes again" in daemon.log()
