@@ -45,9 +45,11 @@ import functools
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, Final, NamedTuple, TypeVar
 
 import blake3
@@ -170,6 +172,9 @@ def index_job(ctx: JobContext, inp: IndexInput) -> dict[str, Any]:
     counts = msgspec.convert(state["counts"], Counts)
     t0 = time.monotonic()
     deferred_n = 0
+    # Orphans come from moves: a walk that ran whole in this run without move detection
+    # (a first walk) leaves none to look for.
+    orphans = True
     if state["phase"] == "walk":
         # A page cache that holds the entries' indexes while a walk writes them (random
         # inserts into a million-entry index would otherwise read and write the disk);
@@ -191,10 +196,11 @@ def index_job(ctx: JobContext, inp: IndexInput) -> dict[str, Any]:
         finally:
             db.run_sync(_default_settings)
         deferred_n = walker.deferred
+        orphans = walker.moves
         state["phase"] = "sweep"
     if state["phase"] == "sweep":
         counts.removed += _guard(ctx, lambda: db.run_sync(
-            lambda c: finish_scan(c, inp.location_id)))
+            lambda c: finish_scan(c, inp.location_id, orphans)))
         if counts.inserted + counts.removed + counts.moved >= ANALYZE_AFTER_CHANGES:
             db.run_sync(store.refresh_statistics)
         state.update(phase="identify" if inp.identify else "done", stack=[],
@@ -216,9 +222,30 @@ def _restore(ctx: JobContext) -> None:
     def progress(done: int, total: int) -> None:
         ctx.report_progress(ctx.progress, f"building the entries' indexes ({done}/{total})")
     t0 = time.monotonic()
-    n = ctx.db.run_sync(lambda c: deferred.restore(c, progress))
+    # Meanwhile the other core copies the walk's WAL into the database file (a passive
+    # checkpoint from a connection of its own), which the next commit would otherwise do.
+    behind = threading.Thread(target=_checkpoint_wal, args=(ctx.db.path,),
+                              name="wal-checkpoint", daemon=True)
+    behind.start()
+    try:
+        n = ctx.db.run_sync(lambda c: deferred.restore(c, progress))
+    finally:
+        behind.join()
     if n:
         ctx.log(f"made {n} deferred indexes again in {time.monotonic() - t0:.2f} s")
+
+
+def _checkpoint_wal(path: Path) -> None:
+    """A passive WAL checkpoint (it never blocks the writer); only an optimisation."""
+    try:
+        conn = sqlite3.connect(path, timeout=0)
+        try:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        logging.getLogger("sd.db").debug("checkpoint of %s skipped: %s", path, e)
 
 
 def _restore_quietly(ctx: JobContext) -> None:
@@ -597,6 +624,16 @@ def apply_first_walk(conn: sqlite3.Connection, location_id: int, root: str,
                               (location_id,)).fetchone() is not None
     if stored:
         return apply_batch(conn, location_id, root, batch, False)
+    # The location's row was just read on this thread, which nothing else writes
+    # in between: the per-row foreign key lookup would only find it again.
+    conn.execute("PRAGMA foreign_keys=OFF")
+    try:
+        return _insert_listings(conn, location_id, batch)
+    finally:
+        conn.execute("PRAGMA foreign_keys=ON")
+
+
+def _insert_listings(conn: sqlite3.Connection, location_id: int, batch: list[Listed]) -> Applied:
     flat: list[Any] = []
     hashes: list[Any] = []
     with transaction(conn):
@@ -677,8 +714,9 @@ def _delete_subtree(conn: sqlite3.Connection, location_id: int, path: str) -> in
                         (location_id, path + "/", path + "0")).rowcount
 
 
-def finish_scan(conn: sqlite3.Connection, location_id: int) -> int:
-    """Delete what the walk found gone (with subtrees) and any orphan; returns rows deleted."""
+def finish_scan(conn: sqlite3.Connection, location_id: int, orphans: bool = True) -> int:
+    """Delete what the walk found gone (with subtrees) and (``orphans``) any row whose
+    directory is not stored; returns rows deleted."""
     store.require_location(conn, location_id)
     removed = 0
     with transaction(conn):
@@ -689,7 +727,7 @@ def finish_scan(conn: sqlite3.Connection, location_id: int) -> int:
                                 (location_id,)).rowcount
         # Entries whose directory is not stored (a row a subtree move's UPDATE OR IGNORE
         # left behind): found by their parent paths, each looked up once, not row by row.
-        while True:
+        while orphans:
             orphaned = [(parent,) for (parent,) in conn.execute(
                 "SELECT DISTINCT parent FROM entries INDEXED BY entries_by_parent "
                 "WHERE location_id = ? AND parent != ''", (location_id,)).fetchall()
