@@ -576,6 +576,33 @@ async def test_identify_many_files_in_threads_and_skips_what_changed(
         assert entries[rel]["cas_id"] == want, rel
 
 
+async def test_identify_paused_and_resumed_hashes_every_file_once(
+        core: Core, lib: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch's cas_ids are stored while the next batch is hashed, and its checkpoint is
+    written once they are: a pause between batches loses no file and counts none twice."""
+    monkeypatch.setattr(content, "BATCH", 4)  # many batches, so the pause lands mid-run
+    tree = tmp_path / "tree"
+    contents = {f"d{i // 50:02d}/f{i:04d}": f"file {i}".encode() * (i % 7) for i in range(600)}
+    for rel, data in contents.items():
+        write(tree / rel, data)
+    loc, _ = await index(core, lib, tree)
+    job_id = await lib.jobs.dispatch_by_name("locations.identify", {"location_id": loc})
+    await job_when(lib, job_id, lambda i: i.checkpoints >= 3)
+    await lib.jobs.pause(job_id)
+    info = await job_when(lib, job_id, lambda i: i.status in ("paused", "completed"))
+    assert info.status == "paused", "the job finished before it could be paused"
+    done_before = info.checkpoint["identify"]["hashed"]
+    assert 0 < done_before < len(contents)
+    stored = [e for e in (await by_path(core, lib, kind="file")).values() if e["cas_id"]]
+    assert len(stored) >= done_before  # a checkpoint never counts what is not stored
+    await lib.jobs.resume(job_id)
+    out = await (await lib.jobs.get_handle(job_id)).wait()
+    assert (out["hashed"], out["skipped"]) == (len(contents), 0)
+    entries = await by_path(core, lib, kind="file")
+    for rel, data in contents.items():
+        assert entries[rel]["cas_id"] == content.cas_id_of_bytes(data), rel
+
+
 async def test_rescan_sweeps_entries_whose_directory_is_not_stored(
         core: Core, lib: Library, tmp_path: Path) -> None:
     """Rows under a directory with no row of its own (what an interrupted or ignored subtree

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
+import struct
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
@@ -41,8 +41,7 @@ SAMPLE = 10 * 1024
 SAMPLES = 4
 CAS_HEX_DIGITS = 16
 BATCH = 1024  # rows fetched (and cas_ids stored, and a checkpoint written) at a time
-CHUNK = 64  # rows a hashing thread takes at a time
-HASH_THREADS = 2
+_LE64 = struct.Struct("<Q").pack
 # O_NONBLOCK: opening a FIFO swapped in for a file must not wait for a writer.
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -58,6 +57,11 @@ def sample_ranges(size: int) -> list[tuple[int, int]]:
 
 def cas_id_of_fd(fd: int, size: int) -> tuple[str, int]:
     """(cas_id, bytes read) of an open file of ``size`` bytes; NotFound-ish errors if it shrank."""
+    if size <= SMALL_FILE:
+        # Most files: one read, one hash call (a cas_id is the digest's first 8 bytes).
+        data = os.pread(fd, size, 0) if size else b""
+        if len(data) == size:
+            return blake3.blake3(_LE64(size) + data).digest(CAS_HEX_DIGITS // 2).hex(), size
     h = blake3.blake3(size.to_bytes(8, "little"))
     read = 0
     for offset, length in sample_ranges(size):
@@ -91,9 +95,12 @@ def identify(ctx: JobContext, location_id: int, state: dict[str, Any],
     """The identify pass, resumable from ``state`` (``{"after": id, ...}``).
 
     ``extra`` is merged into every checkpoint (the indexer keeps its own fields there);
-    progress runs from ``progress_from`` to 1. Files are hashed by ``HASH_THREADS``
-    threads (reading and BLAKE3 release the GIL), each opening files through its
-    current directory's fd; the next batch of rows is fetched while one is hashed.
+    progress runs from ``progress_from`` to 1. This thread hashes, opening files through
+    their directory's fd, while the database thread (on the other core: SQLite works
+    without the GIL) fetches the next batch of rows and stores the previous batch's
+    cas_ids, each in one statement. A batch's checkpoint is written once its cas_ids are
+    stored. (Two hashing threads were slower: a small file is a few short system calls,
+    and the threads spent more handing the GIL to each other than they gained.)
     """
     db = ctx.db
     root = db.run_sync(lambda c: store.location_root(c, location_id))
@@ -102,81 +109,108 @@ def identify(ctx: JobContext, location_id: int, state: dict[str, Any],
                  "total": db.run_sync(lambda c: store.count_unhashed(c, location_id))}
     total = max(int(state["total"]), 1)
     t0 = time.monotonic()
-    local = threading.local()
-    dirs: list[_DirFd] = []
-
-    def hash_chunk(rows: list[tuple[int, str, int, int]]) -> list[_Hashed]:
-        d = getattr(local, "dirs", None)
-        if d is None:
-            d = local.dirs = _DirFd(root)
-            dirs.append(d)
-        return [_hash_one(d, *row) for row in rows]
+    dirs = _DirFd(root)
 
     def fetch(after: int) -> Future[list[tuple[int, str, int, int]]]:
         return db.submit(partial(store.unhashed_files, location_id=location_id, after=after,
                                  limit=BATCH))
 
-    pool = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix=f"identify-{ctx.job_id[:8]}")
+    def finish(batch: _Batch) -> None:
+        """The batch's cas_ids are stored: count it, checkpoint, and stop if asked to."""
+        state["hashed"] += len(batch.done)
+        state["skipped"] += batch.skipped
+        state["bytes"] += batch.bytes
+        state["after"] = batch.last_id
+        ctx.increment_items(len(batch.done))
+        ctx.increment_bytes(batch.bytes)
+        finished = state["hashed"] + state["skipped"]
+        ctx.report_progress(progress_from + (1 - progress_from) * min(finished / total, 0.999),
+                            f"hashed {state['hashed']} of {state['total']} files")
+        ctx.checkpoint({**(extra or {}), "identify": state})
+        if ctx.check_interrupt() is not Interrupt.CONTINUE:
+            raise Interrupted()
+
+    storing: tuple[Future[None], _Batch] | None = None  # the previous batch, being stored
+    rows_fut = fetch(int(state["after"]))
     try:
-        rows_fut = fetch(int(state["after"]))
         while True:
             rows = rows_fut.result()
-            if not rows:
+            batch = None
+            if rows:
+                rows_fut = fetch(rows[-1][0])
+                batch = _hash_batch(rows, dirs, ctx)
+            if storing is not None:
+                stored, prev = storing
+                storing = None
+                stored.result()
+                finish(prev)
+            if batch is None:
                 break
-            rows_fut = fetch(rows[-1][0])
-            chunks = [rows[i:i + CHUNK] for i in range(0, len(rows), CHUNK)]
-            done: list[tuple[str, int, int, int]] = []
-            for results in pool.map(hash_chunk, chunks):
-                for entry_id, _, size, mtime_ns, cas, n, warning in results:
-                    if warning:
-                        ctx.add_warning(warning)
-                    if cas is None:
-                        state["skipped"] += 1
-                        continue
-                    done.append((cas, entry_id, size, mtime_ns))
-                    state["bytes"] += n
-                    ctx.increment_bytes(n)
-            db.run_sync(partial(_store_cas, location_id=location_id, done=done))
-            state["hashed"] += len(done)
-            state["after"] = rows[-1][0]
-            ctx.increment_items(len(done))
-            finished = state["hashed"] + state["skipped"]
-            ctx.report_progress(progress_from + (1 - progress_from) * min(finished / total, 0.999),
-                                f"hashed {state['hashed']} of {state['total']} files")
-            ctx.checkpoint({**(extra or {}), "identify": state})
-            if ctx.check_interrupt() is not Interrupt.CONTINUE:
-                raise Interrupted()
+            storing = (db.submit(partial(_store_cas, location_id=location_id,
+                                         done=batch.done)), batch)
     finally:
-        pool.shutdown(wait=True)
+        if storing is not None and not storing[0].cancel():
+            _wait_quietly(storing[0])  # leave nothing of ours running on the database thread
         rows_fut.cancel()
-        for d in dirs:
-            d.close()
+        dirs.close()
     ctx.report_progress(1.0, f"hashed {state['hashed']} files ({state['skipped']} skipped)")
     return {"hashed": state["hashed"], "skipped": state["skipped"], "bytes": state["bytes"],
             "seconds": round(time.monotonic() - t0, 3)}
 
 
-# (entry id, path, size, mtime_ns, cas_id or None if skipped, bytes read, warning or None)
-_Hashed = tuple[int, str, int, int, str | None, int, str | None]
+def _wait_quietly(fut: Future[None]) -> None:
+    try:
+        fut.result()
+    except Exception:  # noqa: BLE001 - the error that got us here is the one to report
+        pass
 
 
-def _hash_one(dirs: _DirFd, entry_id: int, path: str, size: int, mtime_ns: int) -> _Hashed:
-    """One file's cas_id, if it is still the regular file that was indexed."""
+class _Batch:
+    """One batch's hashes: what to store, and what to count once they are stored."""
+
+    __slots__ = ("bytes", "done", "last_id", "skipped")
+
+    def __init__(self, last_id: int) -> None:
+        self.done: list[tuple[str, int, int, int]] = []  # (cas_id, entry id, size, mtime_ns)
+        self.skipped = 0
+        self.bytes = 0
+        self.last_id = last_id
+
+
+def _hash_batch(rows: list[tuple[int, str, int, int]], dirs: _DirFd,
+                ctx: JobContext) -> _Batch:
+    batch = _Batch(rows[-1][0])
+    done = batch.done
+    for entry_id, path, size, mtime_ns in rows:
+        cas, nread, warning = _hash_one(dirs, path, size, mtime_ns)
+        if cas is None:
+            batch.skipped += 1
+            if warning:
+                ctx.add_warning(warning)
+        else:
+            done.append((cas, entry_id, size, mtime_ns))
+            batch.bytes += nread
+    return batch
+
+
+def _hash_one(dirs: _DirFd, path: str, size: int, mtime_ns: int
+              ) -> tuple[str | None, int, str | None]:
+    """(cas_id, bytes read, None) if the file is still the regular file that was indexed;
+    else (None, 0, a warning, or None when the next rescan catches up anyway)."""
     try:
         fd = dirs.open_file(path)
     except errors.SdError:
-        return entry_id, path, size, mtime_ns, None, 0, None
+        return None, 0, None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size != size or st.st_mtime_ns != mtime_ns:
-            return entry_id, path, size, mtime_ns, None, 0, None  # the next rescan catches up
+            return None, 0, None
         cas, n = cas_id_of_fd(fd, size)
     except (OSError, errors.SdError) as e:
-        return (entry_id, path, size, mtime_ns, None, 0,
-                f"cannot hash {path}: {getattr(e, 'message', e)}")
+        return None, 0, f"cannot hash {path}: {getattr(e, 'message', e)}"
     finally:
         os.close(fd)
-    return entry_id, path, size, mtime_ns, cas, n, None
+    return cas, n, None
 
 
 class _DirFd:
@@ -212,7 +246,15 @@ class _DirFd:
 
 def _store_cas(conn: Any, location_id: int, done: list[tuple[str, int, int, int]]) -> None:
     store.require_location(conn, location_id)
+    if not done:
+        return
     with transaction(conn):
-        # Only if the entry still describes the file that was hashed.
-        conn.executemany("UPDATE entries SET cas_id = ? WHERE id = ? AND size = ? AND mtime_ns = ?",
-                         done)
+        # One statement for the batch; only where the entry still describes the file
+        # that was hashed.
+        conn.execute(_STORE_CAS_SQL, (msgspec.json.encode(done),))
+
+
+_STORE_CAS_SQL = (
+    "UPDATE entries SET cas_id = v.cas FROM (SELECT value->>0 AS cas, value->>1 AS id, "
+    "value->>2 AS size, value->>3 AS mtime_ns FROM json_each(?)) AS v "
+    "WHERE entries.id = v.id AND entries.size = v.size AND entries.mtime_ns = v.mtime_ns")

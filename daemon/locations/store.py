@@ -374,7 +374,18 @@ def count_unhashed(conn: sqlite3.Connection, location_id: int) -> int:
 
 def unhashed_files(conn: sqlite3.Connection, location_id: int, after: int,
                    limit: int) -> list[tuple[int, str, int, int]]:
-    return list(conn.execute(
-        "SELECT id, path, size, mtime_ns FROM entries WHERE location_id = ? AND kind = 'file' "
-        "AND cas_id IS NULL AND missing = 0 AND id > ? ORDER BY id LIMIT ?",
-        (location_id, after, limit)))
+    """(id, path, size, mtime_ns) of the next ``limit`` files without a cas_id, by id.
+
+    Fetched as one JSON array: a single step, during which SQLite works without the
+    GIL (row by row, every row would hand the GIL back and forth with the hashing)."""
+    raw = conn.execute(_UNHASHED_JSON, (location_id, after, limit)).fetchone()[0]
+    rows = _unhashed_decoder.decode(raw)
+    rows.sort()  # an aggregate's input order is not promised; ids are unique
+    return rows
+
+
+_UNHASHED_JSON = (
+    "SELECT json_group_array(json_array(id, path, size, mtime_ns)) FROM ("
+    "SELECT id, path, size, mtime_ns FROM entries WHERE location_id = ? AND kind = 'file' "
+    "AND cas_id IS NULL AND missing = 0 AND id > ? ORDER BY id LIMIT ?)")
+_unhashed_decoder = msgspec.json.Decoder(list[tuple[int, str, int, int]])
