@@ -1,9 +1,10 @@
-"""Secondary indexes dropped for a bulk load and made again afterwards.
+"""Secondary indexes (and triggers) dropped for a bulk load and made again afterwards.
 
 Inserting rows into a table with several indexes writes each index at a random
 place per row; building an index from the finished table is one sorted pass,
 several times cheaper. ``defer`` drops a table's indexes (all but those named to
-keep) and records each one's SQL in ``deferred_indexes`` in the same transaction;
+keep), and any trigger named, and records each one's SQL in ``deferred_indexes``
+in the same transaction;
 ``restore`` makes them again, one transaction per index, deleting its record as it
 commits it. So the record and the schema always agree: whatever stops the process,
 an index is either there or recorded, never lost. A library database restores any
@@ -15,6 +16,7 @@ Readers must not name a deferred index (``INDEXED BY`` fails when it is missing)
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -27,24 +29,27 @@ log = logging.getLogger("sd.db")
 TABLE = "deferred_indexes"
 
 
-def defer(conn: sqlite3.Connection, table: str, keep: Collection[str]) -> list[str]:
+def defer(conn: sqlite3.Connection, table: str, keep: Collection[str],
+          triggers: Collection[str] = ()) -> list[str]:
     """Drop ``table``'s indexes but those in ``keep`` (and the automatic ones of its
-    UNIQUE constraints), recording how to make each again; returns their names."""
+    UNIQUE constraints), and the named ``triggers``, recording how to make each again;
+    returns their names."""
     with transaction(conn):
         rows = conn.execute(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
-            "AND sql IS NOT NULL ORDER BY name", (table,)).fetchall()
-        dropped = [(name, sql) for name, sql in rows if name not in keep]
+            "SELECT type, name, sql FROM sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL "
+            "AND ((type = 'index' AND name NOT IN (SELECT value FROM json_each(?))) "
+            "OR (type = 'trigger' AND name IN (SELECT value FROM json_each(?)))) ORDER BY name",
+            (table, json.dumps(sorted(keep)), json.dumps(sorted(triggers)))).fetchall()
         now = time.time()
-        for name, sql in dropped:
+        for kind, name, sql in rows:
             conn.execute(f"INSERT OR REPLACE INTO {TABLE} (name, tbl, sql, deferred_at) "
                          "VALUES (?, ?, ?, ?)", (name, table, sql, now))
-            conn.execute(f'DROP INDEX "{name}"')
-    return [name for name, _ in dropped]
+            conn.execute(f'DROP {"TRIGGER" if kind == "trigger" else "INDEX"} "{name}"')
+    return [name for _, name, _ in rows]
 
 
 def missing(conn: sqlite3.Connection) -> set[str]:
-    """The names of the indexes deferred now (dropped, not yet made again)."""
+    """The names of what is deferred now (dropped, not yet made again)."""
     return {name for (name,) in conn.execute(f"SELECT name FROM {TABLE}")}
 
 
@@ -57,7 +62,7 @@ def restore(conn: sqlite3.Connection,
         if progress is not None:
             progress(done, len(rows))
         with transaction(conn):
-            exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
+            exists = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?",
                                   (name,)).fetchone()
             if exists is None:
                 conn.execute(sql)
@@ -78,8 +83,7 @@ def restore_on_open(conn: sqlite3.Connection, path: object) -> None:
     names = sorted(missing(conn))
     if not names:
         return
-    log.warning("%s: making %d indexes again that a bulk load left deferred (%s)",
-                path, len(names), ", ".join(names))
+    log.warning("%s: making again what a bulk load left deferred: %s", path, ", ".join(names))
     t0 = time.monotonic()
     try:
         restore(conn)
@@ -87,4 +91,4 @@ def restore_on_open(conn: sqlite3.Connection, path: object) -> None:
         log.error("%s: could not make the deferred indexes again (%s); queries work without "
                   "them, the next index job or open tries again", path, e)
         return
-    log.info("%s: indexes made again in %.1f s", path, time.monotonic() - t0)
+    log.info("%s: made again in %.1f s", path, time.monotonic() - t0)

@@ -85,6 +85,10 @@ DEFERRED_BATCH = 5000
 # whose rows arrive in key order (location, then id): nearly free to keep up.
 KEEP_LIVE = frozenset({"entries_by_location", "entries_by_cas_id", "entries_missing",
                        "entries_rare_kind", "entries_rare_kind_size"})
+# Deferred too: the trigger that drops a directory's listing hash when a child row is
+# inserted. Every code that inserts entries (apply_batch, apply_first_walk, the live
+# watcher through apply_batch) writes that directory's hash itself right after.
+DEFER_TRIGGERS = ("entries_insert_drops_listing",)
 T = TypeVar("T")
 
 
@@ -232,7 +236,8 @@ def _restore(ctx: JobContext) -> None:
     finally:
         behind.join()
     if n:
-        ctx.log(f"made {n} deferred indexes again in {time.monotonic() - t0:.2f} s")
+        ctx.log(f"made {n} deferred indexes and triggers again in "
+                f"{time.monotonic() - t0:.2f} s")
 
 
 def _checkpoint_wal(path: Path) -> None:
@@ -351,9 +356,11 @@ class Walker:
         listed = self.counts.seen + sum(len(x[1]) for x in batch if isinstance(x[1], list))
         if self.defer_at is not None and not self.bulk and listed >= self.defer_at:
             # Recorded with the drop: whatever stops the walk, the library gets them back.
-            names = db.run_sync(lambda c: deferred.defer(c, "entries", KEEP_LIVE))
-            self.ctx.log(f"deferred {len(names)} indexes for a bulk first walk")
-            self.bulk, self.deferred = True, len(names)
+            names = db.run_sync(lambda c: deferred.defer(c, "entries", KEEP_LIVE,
+                                                         DEFER_TRIGGERS))
+            self.ctx.log(f"deferred {', '.join(names)} for a bulk first walk")
+            self.bulk = True
+            self.deferred = sum(1 for n in names if n not in DEFER_TRIGGERS)
         if self.bulk:
             fut = db.submit(lambda conn: apply_first_walk(conn, loc, root, batch))
         else:
