@@ -26,15 +26,17 @@ nothing.
 A location's first walk into a library it will dominate defers the entries' secondary
 indexes (``daemon.libraries.deferred``): once it has listed as many entries as the
 library held when it started (and at least ``DEFER_MIN``), the indexes its inserts
-would write at random places are dropped (their SQL recorded in the same transaction),
-rows go in without a diff in smaller batches, and the indexes are built again before
+would write at random places are dropped with the insert trigger of ``entries`` (their
+SQL recorded in the same transaction), rows go in without a diff in smaller batches
+(each directory's hash written right after its rows), and all is made again before
 the sweep (pause, cancel and failure too; after a shutdown or ``kill -9``, the next
 open of the library does it).
 
 A directory whose listing hashes to what was last applied for it (table
 ``dir_listings``) is not diffed at all: a rescan of an unchanged tree reads no
 stored rows. Triggers drop a directory's hash whenever any code changes one of its
-child rows, so the hash never vouches for rows it did not see written.
+child rows (inserts during a bulk first walk excepted, see above), so the hash never
+vouches for rows it did not see written.
 """
 
 from __future__ import annotations
