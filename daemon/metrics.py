@@ -1,7 +1,7 @@
 """The daemon's figures for operators, in the Prometheus and OpenMetrics text formats.
 
-Requests are counted where they are answered (``RequestMetrics.observe``: a few
-dict updates, no lock: the event loop's thread only). Everything else is read
+Requests are counted where they are answered (``RequestMetrics.ok`` and ``.error``:
+a few integer updates, no lock: the event loop's thread only). Everything else is read
 when the figures are asked for (``snapshot`` then ``render``): jobs by state and
 the queue from each library's database, event drops from the bus, and each
 extension's accounting (``daemon/extensions/stats.py``; totals, which survive
@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -32,12 +32,26 @@ from daemon.extensions.stats import StatsView
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
            0.5, 1.0, 2.5, 5.0, 10.0)
 OK = "ok"
+_FIRST_BOUND = BUCKETS[0]
 
 
-@dataclass(eq=False)
-class _Latency:
-    buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
-    sum: float = 0.0
+class MethodStats:
+    """One method's answers: errors by code and a latency histogram of every answer."""
+
+    __slots__ = ("errors", "buckets", "sum")
+
+    def __init__(self) -> None:
+        self.errors: dict[str, int] = {}
+        self.buckets = [0] * (len(BUCKETS) + 1)  # the last one: over BUCKETS[-1]
+        self.sum = 0.0
+
+    def by_code(self) -> dict[str, int]:
+        """Answers by outcome: the histogram counts every answer, so ``ok`` is the rest."""
+        out = dict(self.errors)
+        ok = sum(self.buckets) - sum(self.errors.values())
+        if ok:
+            out[OK] = ok
+        return out
 
 
 class RequestMetrics:
@@ -45,20 +59,26 @@ class RequestMetrics:
 
     ``method`` must be a registered operation's name (or a fixed word such as
     ``unknown``): a client's made-up names must not become label values.
+    Counted on every request, so kept to a few integer and float updates (an
+    answer without error is only a histogram entry); the Prometheus families are
+    built from them when the figures are asked for.
     """
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[str, str], int] = {}
-        self.latency: dict[str, _Latency] = {}
+        self.methods: dict[str, MethodStats] = {}
 
-    def observe(self, method: str, code: str, seconds: float) -> None:
-        key = (method, code)
-        self.counts[key] = self.counts.get(key, 0) + 1
-        lat = self.latency.get(method)
-        if lat is None:
-            lat = self.latency[method] = _Latency()
-        lat.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
-        lat.sum += seconds
+    def ok(self, method: str, seconds: float) -> None:
+        s = self.methods.get(method)
+        if s is None:
+            s = self.methods[method] = MethodStats()
+        # Most requests fall in the first bucket: skip the search for them.
+        s.buckets[0 if seconds <= _FIRST_BOUND else bisect.bisect_left(BUCKETS, seconds)] += 1
+        s.sum += seconds
+
+    def error(self, method: str, code: str, seconds: float) -> None:
+        self.ok(method, seconds)
+        errors = self.methods[method].errors
+        errors[code] = errors.get(code, 0) + 1
 
 
 @dataclass
@@ -119,12 +139,13 @@ class _SnapshotCollector(Collector):
         r = self.snap.requests
         total = CounterMetricFamily("sd_requests", "Socket requests answered, by method and "
                                     "error code (ok: no error)", labels=["method", "code"])
-        for (method, code), n in sorted(r.counts.items()):
-            total.add_metric([method, code], n)
+        for method, stats in sorted(r.methods.items()):
+            for code, n in sorted(stats.by_code().items()):
+                total.add_metric([method, code], n)
         yield total
         hist = HistogramMetricFamily("sd_request_duration_seconds", "Time from reading a "
                                      "request to its answer, by method", labels=["method"])
-        for method, lat in sorted(r.latency.items()):
+        for method, lat in sorted(r.methods.items()):
             cumulative, buckets = 0, []
             for bound, n in zip((*BUCKETS, float("inf")), lat.buckets, strict=True):
                 cumulative += n

@@ -13,6 +13,7 @@ import asyncio
 from typing import Any
 
 import msgspec
+from msgspec import Raw
 
 from daemon import errors
 from daemon.calls import CLIENT, Caller
@@ -45,7 +46,13 @@ class Dispatcher:
         handler, or a coroutine to await when ``op.is_async``.
         """
         op, library = self._authorize(method, library_id, caller)
-        value = _decode(op, payload)
+        if type(payload) is Raw and len(payload) > 4:  # a socket request's, as sent ("null": 4)
+            try:
+                value = op.decoder.decode(payload)
+            except (msgspec.ValidationError, msgspec.DecodeError) as e:
+                raise _invalid_payload(op, e) from None
+        else:
+            value = _decode(op, payload)
         return op, op.handler(OpContext(self.core, library, caller), value)
 
     def _authorize(self, method: str, library_id: str | None,
@@ -95,7 +102,7 @@ def _decode(op: Operation, payload: Any) -> Any:
     try:
         if type(payload) is bytes and payload and payload != b"null":
             return op.decoder.decode(payload)  # what guests send: checked first
-        if isinstance(payload, (bytes, bytearray, memoryview, msgspec.Raw)):
+        if isinstance(payload, (bytes, bytearray, memoryview, Raw)):
             n = len(payload)
             if n and not (n == 4 and bytes(payload) == b"null"):
                 return op.decoder.decode(payload)
@@ -103,9 +110,13 @@ def _decode(op: Operation, payload: Any) -> Any:
         if payload is None:
             return msgspec.convert({}, op.input_type)
         return msgspec.convert(payload, op.input_type)
-    except msgspec.ValidationError as e:
-        raise errors.InvalidParams(f"invalid payload for {op.name}: {e}",
-                                   {"method": op.name}) from None
-    except msgspec.DecodeError as e:
-        raise errors.InvalidParams(f"payload for {op.name} is not valid JSON: {e}",
-                                   {"method": op.name}) from None
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise _invalid_payload(op, e) from None
+
+
+def _invalid_payload(op: Operation, e: msgspec.ValidationError | msgspec.DecodeError,
+                     ) -> errors.InvalidParams:
+    if isinstance(e, msgspec.ValidationError):
+        return errors.InvalidParams(f"invalid payload for {op.name}: {e}", {"method": op.name})
+    return errors.InvalidParams(f"payload for {op.name} is not valid JSON: {e}",
+                                {"method": op.name})

@@ -25,7 +25,6 @@ import msgspec
 from daemon import errors
 from daemon.calls import Caller
 from daemon.libraries.db import disk_full
-from daemon.metrics import OK
 from rpc.dispatch import Dispatcher
 
 log = logging.getLogger("sd.rpc")
@@ -83,6 +82,7 @@ _request = msgspec.json.Decoder(Request)
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 _any = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
+_encode = _encoder.encode
 
 
 def encode_error(id: Any, err: errors.SdError) -> bytes:
@@ -109,13 +109,16 @@ class JsonRpc:
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
-        self._observe = dispatcher.core.requests.observe
+        self._start = dispatcher.start
+        self._ok = dispatcher.core.requests.ok
+        self._error = dispatcher.core.requests.error
 
     def handle(self, line: bytes, caller: Caller) -> bytes | None | Awaitable[bytes | None]:
         """Answer one line: the response now, None for no response, or an awaitable."""
-        stripped = line.lstrip()
-        if stripped[:1] == b"[":
-            return self._batch(stripped, caller)
+        if line[:1] != b"{":  # a batch, leading whitespace, or not a request at all
+            stripped = line.lstrip()
+            if stripped[:1] == b"[":
+                return self._batch(stripped, caller)
         try:
             req = _request.decode(line)
         except msgspec.DecodeError:
@@ -124,60 +127,67 @@ class JsonRpc:
 
     # --- one request -------------------------------------------------------------------
     def _one(self, req: Request, caller: Caller) -> bytes | None | Awaitable[bytes | None]:
+        # Every request pays for this path: it is written out, with few calls.
         t0 = perf_counter()
-        notify = req.id is _UNSET
-        rid = None if notify else req.id
+        method = req.method
         if req.jsonrpc != "2.0":
-            self._observe(INVALID, str(errors.InvalidRequest.code), perf_counter() - t0)
-            return None if notify else encode_error(
-                rid, errors.InvalidRequest('"jsonrpc" must be "2.0"'))
+            self._error(INVALID, str(errors.InvalidRequest.code), perf_counter() - t0)
+            return None if req.id is _UNSET else encode_error(
+                req.id, errors.InvalidRequest('"jsonrpc" must be "2.0"'))
         params = req.params
         try:
-            op, result = self.dispatcher.start(
-                req.method, params.library_id if params else None,
-                params.payload if params else None, caller)
+            if params is None:
+                op, result = self._start(method, None, None, caller)
+            else:
+                op, result = self._start(method, params.library_id, params.payload, caller)
         except Exception as e:  # noqa: BLE001 - every error becomes a JSON-RPC error object
-            err = error_from_exception(e, req.method)
+            err = error_from_exception(e, method)
             # Only registered names become label values, never a client's made-up ones.
-            self._observe(UNKNOWN if isinstance(err, errors.MethodNotFound) else req.method,
-                          str(err.code), perf_counter() - t0)
-            return None if notify else encode_error(rid, err)
+            self._error(UNKNOWN if isinstance(err, errors.MethodNotFound) else method,
+                        str(err.code), perf_counter() - t0)
+            return None if req.id is _UNSET else encode_error(req.id, err)
+        rid = req.id
         if op.is_async:
-            return self._finish(result, rid, notify, req.method, t0)
-        if notify:
-            self._observe(req.method, OK, perf_counter() - t0)
+            return self._finish(result, rid, method, t0)
+        if rid is _UNSET:  # a notification: run, never answered
+            self._ok(method, perf_counter() - t0)
             return None
-        return self._encode_result(rid, result, req.method, t0)
+        try:
+            out = _encode(_Result("2.0", rid, result))
+        except (TypeError, msgspec.EncodeError) as e:
+            return self._unencodable(e, rid, method, t0)
+        self._ok(method, perf_counter() - t0)
+        return out
 
-    async def _finish(self, aw: Awaitable[Any], rid: Any, notify: bool,
-                      method: str, t0: float) -> bytes | None:
+    async def _finish(self, aw: Awaitable[Any], rid: Any, method: str, t0: float) -> bytes | None:
         try:
             result = await aw
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001
             err = error_from_exception(e, method)
-            self._observe(method, str(err.code), perf_counter() - t0)
-            return None if notify else encode_error(rid, err)
-        if notify:
-            self._observe(method, OK, perf_counter() - t0)
+            self._error(method, str(err.code), perf_counter() - t0)
+            return None if rid is _UNSET else encode_error(rid, err)
+        if rid is _UNSET:
+            self._ok(method, perf_counter() - t0)
             return None
-        return self._encode_result(rid, result, method, t0)
-
-    def _encode_result(self, rid: Any, result: Any, method: str, t0: float) -> bytes:
         try:
-            out = _encoder.encode(_Result("2.0", rid, result))
+            out = _encode(_Result("2.0", rid, result))
         except (TypeError, msgspec.EncodeError) as e:
-            err = error_from_exception(e, method)
-            self._observe(method, str(err.code), perf_counter() - t0)
-            return encode_error(rid, err)
-        self._observe(method, OK, perf_counter() - t0)
+            return self._unencodable(e, rid, method, t0)
+        self._ok(method, perf_counter() - t0)
         return out
+
+    def _unencodable(self, exc: Exception, rid: Any, method: str, t0: float) -> bytes:
+        """A handler's result that is not JSON: an internal error, answered as one."""
+        err = error_from_exception(exc, method)
+        self._error(method, str(err.code), perf_counter() - t0)
+        return encode_error(rid, err)
 
     def _malformed(self, text: bytes | msgspec.Raw) -> bytes | None:
         """A request that did not decode as a Request: parse error, bad params or bad request."""
         err, rid, answer = self._classify(text)
-        self._observe(INVALID, str(err.code), 0.0)
+        self._error(INVALID, str(err.code), 0.0)
         return encode_error(rid, err) if answer else None
 
     def _classify(self, text: bytes | msgspec.Raw) -> tuple[errors.SdError, Any, bool]:

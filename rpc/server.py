@@ -102,6 +102,7 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, server: RpcServer) -> None:
         self.server = server
+        self._answer = server.rpc.handle
         self.transport: asyncio.Transport | None = None
         self.caller: Caller | None = None
         self._buf = bytearray()
@@ -207,14 +208,16 @@ class Connection(asyncio.Protocol):
     def _handle(self, line: bytes) -> None:
         assert self.caller is not None
         try:
-            answer = self.server.rpc.handle(line, self.caller)
+            answer = self._answer(line, self.caller)
         except Exception as e:
             log.exception("unexpected error handling a request")
             answer = encode_error(None, errors.InternalError(f"internal error: {e}"))
         if answer is None:
             return
         if isinstance(answer, bytes):
-            self._write(answer)
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(answer + b"\n")
             return
         task = asyncio.ensure_future(self._answer_later(answer))
         self._tasks.add(task)
