@@ -113,21 +113,20 @@ class JsonRpc:
         self._ok = dispatcher.core.requests.ok
         self._error = dispatcher.core.requests.error
 
-    def handle(self, line: bytes, caller: Caller) -> bytes | None | Awaitable[bytes | None]:
-        """Answer one line: the response now, None for no response, or an awaitable."""
-        if line[:1] != b"{":  # a batch, leading whitespace, or not a request at all
-            stripped = line.lstrip()
-            if stripped[:1] == b"[":
-                return self._batch(stripped, caller)
+    def handle(self, line: bytes | msgspec.Raw,
+               caller: Caller) -> bytes | None | Awaitable[bytes | None]:
+        """Answer one line: the response now, None for no response, or an awaitable.
+
+        Every request pays for this path, so it is written out with few calls.
+        """
         try:
             req = _request.decode(line)
-        except msgspec.DecodeError:
+        except msgspec.DecodeError:  # a batch, or not a request
+            if type(line) is bytes:
+                stripped = line.lstrip()
+                if stripped[:1] == b"[":
+                    return self._batch(stripped, caller)
             return self._malformed(line)
-        return self._one(req, caller)
-
-    # --- one request -------------------------------------------------------------------
-    def _one(self, req: Request, caller: Caller) -> bytes | None | Awaitable[bytes | None]:
-        # Every request pays for this path: it is written out, with few calls.
         t0 = perf_counter()
         method = req.method
         if req.jsonrpc != "2.0":
@@ -224,12 +223,8 @@ class JsonRpc:
             return encode_error(None, errors.InvalidRequest("empty batch"))
         answers: list[bytes | None | Awaitable[bytes | None]] = []
         for raw in members:
-            try:
-                req = _request.decode(raw)
-            except msgspec.DecodeError:
-                answers.append(self._malformed(raw))
-                continue
-            answers.append(self._one(req, caller))
+            # A member is answered like a line of its own, but is never a batch itself.
+            answers.append(self.handle(raw, caller))
         if any(inspect.isawaitable(a) for a in answers):
             return self._gather(answers)
         return _join(answers)  # type: ignore[arg-type]

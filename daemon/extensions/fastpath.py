@@ -85,6 +85,7 @@ __all__ = [
     "RawMemory",
     "Signature",
     "define_unchecked",
+    "epoch_incrementer",
     "fixed_memory_engine",
     "set_epoch_deadline",
 ]
@@ -134,6 +135,7 @@ _trap_new = PYFUNCTYPE(c_void_p, c_char_p, c_size_t)(("wasmtime_trap_new", ffi.d
 _set_epoch_deadline = PYFUNCTYPE(None, c_void_p, c_uint64)(
     ("wasmtime_context_set_epoch_deadline", ffi.dll)
 )
+_increment_epoch = PYFUNCTYPE(None, c_void_p)(("wasmtime_engine_increment_epoch", ffi.dll))
 # libc memmove keeping the GIL (ctypes.memmove releases it).
 _memmove = PYFUNCTYPE(c_void_p, c_void_p, c_void_p, c_size_t)(
     cast(int, ctypes.cast(ctypes.memmove, c_void_p).value)
@@ -621,6 +623,15 @@ def fixed_memory_engine(config: wasmtime.Config) -> wasmtime.Engine:
     engine = wasmtime.Engine(config)
     _FIXED_MEMORY_ENGINES.add(engine)
     return engine
+
+
+def epoch_incrementer(engine: wasmtime.Engine) -> Callable[[], None]:
+    """``engine.increment_epoch`` without releasing the GIL (an atomic add in libwasmtime).
+
+    The caller keeps ``engine`` alive for as long as it uses the function.
+    """
+    ptr = ctypes.cast(engine.ptr(), c_void_p).value
+    return lambda: _increment_epoch(ptr)
 
 
 def set_epoch_deadline(store: wasmtime.Store, ticks: int) -> None:

@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import blake3
 import wasmtime
 
 from daemon.errors import ExtensionError
-from daemon.extensions.fastpath import fixed_memory_engine
+from daemon.extensions.fastpath import epoch_incrementer, fixed_memory_engine
 
 log = logging.getLogger("sd.extensions")
 
@@ -123,7 +124,7 @@ class WasmRuntime:
         self.cache_dir = cache_dir
         self.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._version = metadata.version("wasmtime")
-        self._stop = threading.Event()
+        self._stopped = False
         # Ticks so far, counted after the engine's (so it lags the engine's epoch by at
         # most one): host functions compare it to skip re-setting an unchanged deadline.
         self.epoch = 0
@@ -132,15 +133,20 @@ class WasmRuntime:
 
     def _tick(self) -> None:
         # Guests are stopped when the epoch passes their deadline; see Store.set_epoch_deadline.
-        while not self._stop.wait(self.tick_s):
-            self.engine.increment_epoch()
+        # The thread takes the GIL once a tick (after its sleep): Event.wait and wasmtime-py's
+        # increment_epoch (which releases the GIL around the call) took it three times, and
+        # each time the event loop's thread, busy serving the socket, has to wait for it.
+        increment = epoch_incrementer(self.engine)
+        while not self._stopped:
+            time.sleep(self.tick_s)
+            increment()
             self.epoch += 1
 
     def ticks(self, ms: int) -> int:
         return max(1, int(ms / 1000.0 / self.tick_s))
 
     def close(self) -> None:
-        self._stop.set()
+        self._stopped = True  # the ticker ends within a tick
 
     def compile(self, wasm: bytes, name: str = "the module") -> tuple[wasmtime.Module, bool]:
         """The compiled module and whether it came from the cache. Blocking."""
