@@ -48,6 +48,9 @@ class Caller:
     uid: int | None = None
     policy: Policy | None = None
     session: Any = None
+    memo: dict[str, Any] | None = None
+    """A socket client's (None for others): filled by the dispatcher, per method, with what
+    its checks concluded when they depend on nothing but the method (see ``Dispatcher.start``)."""
 
     def sees_library(self, library_id: str) -> bool:
         return self.policy is None or self.policy.allows_library(library_id)

@@ -45,7 +45,18 @@ class Dispatcher:
         Returns the operation and what its handler returned: the result of a plain
         handler, or a coroutine to await when ``op.is_async``.
         """
-        op, library = self._authorize(method, library_id, caller)
+        memo = caller.memo
+        known = None if memo is None else memo.get(method)
+        if known is None:
+            op, library = self._authorize(method, library_id, caller)
+            ctx = OpContext(self.core, library, caller)
+            if memo is not None and library is None and caller.policy is None:
+                # A client without a policy, an operation without a library: the checks
+                # passed on the method's registration alone, which never changes. The
+                # next call of it on this connection skips straight to its payload.
+                memo[method] = (op, ctx)
+        else:
+            op, ctx = known
         if type(payload) is Raw and len(payload) > 4:  # a socket request's, as sent ("null": 4)
             try:
                 value = op.decoder.decode(payload)
@@ -53,7 +64,7 @@ class Dispatcher:
                 raise _invalid_payload(op, e) from None
         else:
             value = _decode(op, payload)
-        return op, op.handler(OpContext(self.core, library, caller), value)
+        return op, op.handler(ctx, value)
 
     def _authorize(self, method: str, library_id: str | None,
                    caller: Caller) -> tuple[Operation, Library | None]:

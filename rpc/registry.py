@@ -31,11 +31,11 @@ CLIENTS_ONLY = frozenset({CLIENT})
 _NAME = re.compile(r"^(query:[a-z_]+(\.[a-z_]+)+\.v[0-9]+|action:[a-z_]+(\.[a-z_]+)+\.input\.v[0-9]+)$")
 
 
-class OpContext(msgspec.Struct, eq=False):
+class OpContext(msgspec.Struct, frozen=True, eq=False):
     """What an operation handler receives besides its input.
 
-    A Struct rather than a dataclass: one is made per call, and a Struct's
-    constructor is native code (half the cost, measured).
+    A Struct rather than a dataclass: its constructor is native code (half the
+    cost, measured). Frozen: a socket client's dispatcher reuses one across calls.
     """
 
     core: Core

@@ -132,7 +132,7 @@ class Connection(asyncio.Protocol):
             transport.close()
             self._closed = True
             return
-        self.caller = Caller(CLIENT, uid=uid, session=self)
+        self.caller = Caller(CLIENT, uid=uid, session=self, memo={})
         self.server.connections.add(self)
         transport.set_write_buffer_limits(high=1 << 20)
 

@@ -170,6 +170,30 @@ def test_unknown_library_id_is_clear(daemon: Daemon) -> None:
     assert "2b7c9a3e" in r["error"]["message"]
 
 
+def test_checks_that_depend_on_the_call_run_on_every_call_of_a_connection(daemon: Daemon) -> None:
+    """A connection remembers what the checks of a library-less operation concluded; the
+    payload, the library and its existence are still checked on every call."""
+    c = Conn(daemon.socket)
+    c.send(req("query:test.ping.v1", 1, {"n": 1}))
+    assert c.line()["result"] == {"echo": {"n": 1}}
+    c.send(req("query:test.ping.v1", 2, [1]))
+    assert c.line()["error"]["code"] == -32602
+    c.send(req("query:test.ping.v1", 3, {"n": 3}))
+    assert c.line()["result"] == {"echo": {"n": 3}}
+    c.send(req("action:libraries.create.input.v1", 4, {"name": "L"}))
+    lib = c.line()["result"]["id"]
+    for i in (5, 6):
+        c.send(req("query:tags.list.v1", i, {}, lib))
+        assert c.line()["result"] == []
+        c.send(req("query:tags.list.v1", 10 + i, {}))
+        assert c.line()["error"]["code"] == -32001  # LibraryRequired, every time
+    c.send(req("action:libraries.delete.input.v1", 7, {"id": lib}))
+    assert c.line()["result"] == {"deleted": lib}
+    c.send(req("query:tags.list.v1", 8, {}, lib))
+    assert c.line()["error"]["code"] == -32002  # LibraryNotFound: the library is gone
+    c.close()
+
+
 def test_out_of_order_many_overlapping(daemon: Daemon) -> None:
     c = Conn(daemon.socket)
     for i in range(50):
