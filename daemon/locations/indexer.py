@@ -49,6 +49,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -245,7 +246,9 @@ def _restore(ctx: JobContext) -> None:
 def _checkpoint_wal(path: Path) -> None:
     """A passive WAL checkpoint (it never blocks the writer); only an optimisation."""
     try:
-        conn = sqlite3.connect(path, timeout=0)
+        # mode=rw: never creates the file (the library may be being deleted meanwhile).
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=rw", uri=True,
+                               timeout=0)
         try:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
