@@ -13,6 +13,7 @@ import enum
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -172,6 +173,23 @@ class JobContext:
         except (errors.DiskFull, errors.LibraryUnavailable) as e:
             self._not_saved(e)
             raise
+
+    def checkpoint_later(self, state: Any) -> Future[None]:
+        """Queue ``checkpoint(state)`` on the database thread and return at once: whatever
+        the caller queues next runs after it. ``result()`` of the future raises what
+        ``checkpoint`` would (and a failure asks the job to stop, as there)."""
+        try:
+            fut = self._db.submit(self._checkpoint_fn(state))
+        except (errors.DiskFull, errors.LibraryUnavailable) as e:
+            self._not_saved(e)
+            raise
+
+        def failed(f: Future[None]) -> None:
+            e = f.exception()
+            if isinstance(e, (errors.DiskFull, errors.LibraryUnavailable)):
+                self._not_saved(e)
+        fut.add_done_callback(failed)
+        return fut
 
     async def checkpoint_async(self, state: Any) -> None:
         try:

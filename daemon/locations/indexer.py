@@ -311,6 +311,7 @@ class Walker:
             held = db.run_sync(lambda c: c.execute("SELECT count(*) FROM entries").fetchone()[0])
             self.defer_at = max(int(held), DEFER_MIN)
         self.inflight: tuple[Future[Applied], list[str], list[Listed]] | None = None
+        self.saving: Future[None] | None = None  # the last checkpoint, queued
         # The hash of each directory's listing as last applied: a directory listed the
         # same again is not diffed at all (the database drops a hash whenever a child
         # row changes, whoever changes it: see migration 5's triggers).
@@ -344,6 +345,7 @@ class Walker:
         if batch:
             self.flush(batch)
         self.settle()
+        self.saved()
 
     def limit(self) -> int:
         """Entries listed before a batch is handed over."""
@@ -389,11 +391,21 @@ class Walker:
         self.ctx.increment_items(seen)
         self.state.update(stack=stack, counts=msgspec.to_builtins(c))
         self.show_progress(c.seen, len(stack))
-        self.ctx.checkpoint(self.state)
+        # Written before the next batch (queued after it on the database thread), without
+        # waiting for it here: the walk goes on listing meanwhile.
+        self.saved()
+        self.saving = self.ctx.checkpoint_later(self.state)
         if self.ctx.check_interrupt() is not Interrupt.CONTINUE:
+            self.saved()
             raise Interrupted()
         if self.inp.throttle_ms:
             time.sleep(self.inp.throttle_ms / 1000)
+
+    def saved(self) -> None:
+        """Wait for the last checkpoint queued (raising what writing it raised)."""
+        saving, self.saving = self.saving, None
+        if saving is not None:
+            saving.result()
 
     def show_progress(self, seen: int, to_go: int) -> None:
         """Progress by entries seen (of those stored before) or by directories walked."""
