@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Daemon, wait_for, wait_for_async
 from fstree import expected_index
+from test_faults import fill, small_disk, spawn  # noqa: F401 - fixtures
 from test_locations import by_path, job_when, op, shape
 
 from daemon.app import open_app
@@ -242,3 +243,48 @@ def test_kill9_during_a_deferred_walk_restores_indexes_at_start(
     assert ("making again what a bulk load left deferred: entries_by_extension, "
             "entries_by_extension_size, entries_by_inode, entries_by_parent, entries_by_size, "
             "entries_insert_drops_listing") in daemon.log()
+
+
+def test_full_disk_during_a_deferred_walk_pauses_and_ends_with_every_index(
+        small_disk: Path, spawn: Callable[..., Daemon], tmpdir_short: Path) -> None:  # noqa: F811
+    d = spawn(small_disk, tmpdir_short / "run" / "sd.sock")
+    d.start()
+    lib = d.sd_json("library", "create", "L")["id"]
+    db = small_disk / "libraries" / lib / "library.db"
+    tree = tmpdir_short / "tree"
+    tree.mkdir()
+    added = d.sd_json("location", "add", str(tree), "--no-watch", "--library", lib)
+    loc = added["location"]["id"]
+    d.watch_job(added["job_id"], lib)
+    make_tree(tree, dirs=40)
+    job = d.sd_json("job", "dispatch", "locations.index", "--library", lib, "--input",
+                    json.dumps({"location_id": loc, "batch_size": 300, "throttle_ms": 400}))["job_id"]
+    info = lambda: d.rpc("query:jobs.info.v1", {"id": job}, lib)["result"]  # noqa: E731
+
+    def deferred_now() -> bool:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+            return bool(deferred.missing(c)) and info()["checkpoints"] >= 2
+    wait_for(deferred_now, 30, "a checkpointed walk with its indexes deferred")
+    fill(small_disk / "filler")
+    wait_for(lambda: info()["status"] == "paused", 30, lambda: f"the job pauses: {info()}")
+    assert info()["pause_reason"] == "disk full"
+    # Listing works whether or not the indexes could be made again on the full disk.
+    page = d.rpc("query:entries.list.v1", {"location_id": loc, "order": "size", "limit": 5}, lib)
+    assert len(page["result"]["entries"]) == 5, page
+
+    (small_disk / "filler").unlink()
+    final = d.watch_job(job, lib)  # resumes by itself once there is room
+    assert final["output"]["deferred_indexes"] == 0
+    assert final["status"] == "completed"
+    with sqlite3.connect(db) as c, sqlite3.connect(
+            small_disk / "libraries" / d.sd_json("library", "create", "fresh")["id"]
+            / "library.db") as f:
+        assert index_sql(c) == index_sql(f) and deferred.missing(c) == set()
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        stored = {p: (k, s) for p, k, s in c.execute(
+            "SELECT path, kind, size FROM entries WHERE location_id = ? AND missing = 0", (loc,))}
+    assert stored == expected_index(tree)
+    assert d.stop() == 0
+    # The resumed walk (move detection on) made any index the full disk kept deferred first.
+    assert "Traceback" not in d.log()
+    assert d.stop() == 0
