@@ -204,8 +204,11 @@ async def test_pause_and_cancel_mid_walk_make_the_indexes_again(core: Core, tmp_
     assert await lib2.db.run(deferred.missing) == set()
 
 
-def test_kill9_during_a_deferred_walk_restores_indexes_at_start(
-        daemon: Daemon, tmpdir_short: Path) -> None:
+@pytest.mark.parametrize("stop", ["kill -9", "shutdown"])
+def test_a_deferred_walk_stopped_gets_its_indexes_at_the_next_start(
+        daemon: Daemon, tmpdir_short: Path, stop: str) -> None:
+    """kill -9, or a shutdown (which does not wait to build them): the next open of the
+    library builds what is recorded, before anything else; the walk resumes."""
     lib = daemon.sd_json("library", "create", "L")["id"]
     fresh = daemon.sd_json("library", "create", "fresh")["id"]
     libdir = daemon.data_dir / "libraries"
@@ -224,7 +227,10 @@ def test_kill9_during_a_deferred_walk_restores_indexes_at_start(
             return bool(deferred.missing(c)) and c.execute(
                 "SELECT checkpoints FROM jobs WHERE id = ?", (job["job_id"],)).fetchone()[0] >= 2
     wait_for(deferred_now, 30, "a checkpointed walk with its indexes deferred")
-    daemon.kill9()
+    if stop == "kill -9":
+        daemon.kill9()
+    else:
+        assert daemon.stop() == 0
     with sqlite3.connect(db) as c:
         names = {n for n, _ in index_sql(c)}
         assert "entries_by_size" not in names and "entries_insert_drops_listing" not in names
