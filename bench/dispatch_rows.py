@@ -1,8 +1,8 @@
 """Row 4: JSON-RPC dispatch cost per call, in-process, against jsonrpcserver.
 
 Ours: ``JsonRpc.handle(line, caller)`` (parse, validate, dispatch through
-``Dispatcher``, encode) with a client caller, exactly what the socket server
-calls per line. Baseline: jsonrpcserver's default ``async_dispatch`` on the same
+``Dispatcher``, encode) with a client caller made as the socket server makes one
+(with its per-connection memo), exactly what the socket server calls per line. Baseline: jsonrpcserver's default ``async_dispatch`` on the same
 line with an equivalent ``ping`` method. Both are awaited per call when they
 return an awaitable; both answers are checked.
 """
@@ -63,7 +63,7 @@ async def run(tmp: Path, *, rounds: int, calls: int) -> Row:
     core = await bench_core(tmp / "dispatch-data")
     try:
         rpc = JsonRpc(Dispatcher(core))
-        caller = Caller(CLIENT, uid=0)
+        caller = Caller(CLIENT, uid=0, memo={})  # as the socket server makes one
 
         def ours() -> Any:
             return rpc.handle(LINE, caller)
