@@ -774,6 +774,50 @@ def test_start_function_is_interrupted_while_instantiating(epoch_engine: wt.Engi
     assert info.value.trap_code == wt.TrapCode.INTERRUPT
 
 
+def _runs_within(seconds: float, fn: Callable[[], object]) -> BaseException | None:
+    """Run ``fn`` on a thread; the exception it raised (None if none), or fail after
+    ``seconds`` (a guest nobody interrupts would run forever)."""
+    raised: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            fn()
+            raised.append(None)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            raised.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert raised, f"guest code still running after {seconds} s: nothing interrupted it"
+    return raised[0]
+
+
+def test_runtime_ticker_ticks_only_while_guest_code_runs(tmp_path: Path) -> None:
+    from daemon.extensions.runtime import WasmRuntime
+
+    rt = WasmRuntime(tmp_path, epoch_tick_ms=10)
+    try:
+        # Nothing runs guest code: no ticks (ten would have come in 0.1 s).
+        before = rt.epoch
+        threading.Event().wait(0.1)
+        assert rt.epoch == before
+        # A start function is interrupted: instantiating counts as guest code.
+        store = wt.Store(rt.engine)
+        store.set_epoch_deadline(3)
+        spins = wt.Module(rt.engine, wasm("(module (func $s (loop $l (br $l))) (start $s))"))
+        e = _runs_within(10, lambda: fp.RawInstance(store, spins, []))
+        assert isinstance(e, wt.Trap) and e.trap_code == wt.TrapCode.INTERRUPT
+        # So is an export called through RawFunc, the other way in.
+        guest = Guest(strlen, rt.engine)
+        guest.store.set_epoch_deadline(3)
+        e = _runs_within(10, guest.raw("spin"))
+        assert isinstance(e, wt.Trap) and e.trap_code == wt.TrapCode.INTERRUPT
+        assert rt.epoch > before
+    finally:
+        rt.close()
+
+
 def test_raw_memory_bounds_checks() -> None:
     store, _, instance = raw_guest()
     memory = instance.memory()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import struct
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from ctypes import CFUNCTYPE, PYFUNCTYPE, c_bool, c_char, c_char_p, c_size_t, c_uint64, c_void_p
@@ -75,6 +76,7 @@ Signature = tuple[tuple[str, ...], tuple[str, ...]]
 """(parameter kinds, result kinds); each kind is "i32", "i64", "f32" or "f64"."""
 
 __all__ = [
+    "GUEST_CODE",
     "PINNED_WASMTIME_VERSION",
     "GuestCallError",
     "GuestTrap",
@@ -625,6 +627,44 @@ def fixed_memory_engine(config: wasmtime.Config) -> wasmtime.Engine:
     return engine
 
 
+class _GuestCode:
+    """How many threads are in guest code entered from the host: ``RawFunc.__call__`` and
+    ``RawInstance`` are the only ways in (a host function calls back through
+    ``HostCall.call``, inside one of them). The epoch tickers (``runtime.WasmRuntime``)
+    tick only while this is not zero: an epoch deadline stops guest code, and with none
+    running an idle daemon need not wake 100 times a second, nor take the GIL from the
+    event loop's thread each time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._some = threading.Condition(self._lock)
+        self._running = 0
+
+    def enter(self) -> None:
+        with self._lock:
+            self._running += 1
+            if self._running == 1:
+                self._some.notify_all()
+
+    def exit(self) -> None:
+        with self._lock:
+            self._running -= 1
+
+    def wait(self, stopped: Callable[[], bool]) -> None:
+        """Return once some thread is in guest code, or ``stopped()`` (see ``wake``)."""
+        with self._lock:
+            while not self._running and not stopped():
+                self._some.wait()
+
+    def wake(self) -> None:
+        """Make every ``wait`` look at its ``stopped`` again."""
+        with self._lock:
+            self._some.notify_all()
+
+
+GUEST_CODE: Final = _GuestCode()
+
+
 def epoch_incrementer(engine: wasmtime.Engine) -> Callable[[], None]:
     """``engine.increment_epoch`` without releasing the GIL (an atomic add in libwasmtime).
 
@@ -725,7 +765,11 @@ class RawFunc:
         store = self._store
         if store is None:
             raise RuntimeError("a detached RawFunc can only be called through HostCall.call")
-        return self._invoke(store._context(), args, nested=False)
+        GUEST_CODE.enter()
+        try:
+            return self._invoke(store._context(), args, nested=False)
+        finally:
+            GUEST_CODE.exit()
 
     def _invoke(self, ctx: object, args: tuple[Number, ...], nested: bool) -> Number | None:
         if len(args) != len(self._kinds):
@@ -838,8 +882,13 @@ class RawInstance:
         self._store = store
         self._instance = ffi.wasmtime_instance_t()
         trap = c_void_p()
-        error: int | None = _instance_new(store._context(), module.ptr(), externs, len(imports),
-                                          ctypes.byref(self._instance), ctypes.byref(trap))
+        GUEST_CODE.enter()  # a start function is guest code
+        try:
+            error: int | None = _instance_new(store._context(), module.ptr(), externs,
+                                              len(imports), ctypes.byref(self._instance),
+                                              ctypes.byref(trap))
+        finally:
+            GUEST_CODE.exit()
         if error or trap.value:
             _raise_call_error(error, trap.value or 0, nested=False)
 

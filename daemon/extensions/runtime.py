@@ -33,7 +33,7 @@ import blake3
 import wasmtime
 
 from daemon.errors import ExtensionError
-from daemon.extensions.fastpath import epoch_incrementer, fixed_memory_engine
+from daemon.extensions.fastpath import GUEST_CODE, epoch_incrementer, fixed_memory_engine
 
 log = logging.getLogger("sd.extensions")
 
@@ -133,11 +133,13 @@ class WasmRuntime:
 
     def _tick(self) -> None:
         # Guests are stopped when the epoch passes their deadline; see Store.set_epoch_deadline.
-        # The thread takes the GIL once a tick (after its sleep): Event.wait and wasmtime-py's
+        # Only while some thread runs guest code (no deadline to reach otherwise). The
+        # thread takes the GIL once a tick (after its sleep): Event.wait and wasmtime-py's
         # increment_epoch (which releases the GIL around the call) took it three times, and
         # each time the event loop's thread, busy serving the socket, has to wait for it.
         increment = epoch_incrementer(self.engine)
         while not self._stopped:
+            GUEST_CODE.wait(lambda: self._stopped)
             time.sleep(self.tick_s)
             increment()
             self.epoch += 1
@@ -147,6 +149,7 @@ class WasmRuntime:
 
     def close(self) -> None:
         self._stopped = True  # the ticker ends within a tick
+        GUEST_CODE.wake()
 
     def compile(self, wasm: bytes, name: str = "the module") -> tuple[wasmtime.Module, bool]:
         """The compiled module and whether it came from the cache. Blocking."""
