@@ -341,3 +341,29 @@ def test_kill_9_while_files_change_then_the_next_start_reconciles(
     finally:
         if d.proc is not None and d.proc.poll() is None:
             d.stop()
+
+
+def test_walk_dirs_finds_every_directory_without_listing_leaves(tmp_path: Path) -> None:
+    """The watcher's set-up walk skips listing directories that have no subdirectory by
+    their link count (ext4, xfs, tmpfs): it must still find exactly what a full walk does."""
+    from daemon.locations.live import _devices_counting_subdirs, walk_dirs
+    root = tmp_path / "root"
+    for d in ("a/b/c", "a/leaf", "empty", "x/y", "x/z/w/v"):
+        (root / d).mkdir(parents=True)
+    for d in ("a", "a/leaf", "x/y", "x/z/w/v", ""):
+        for i in range(30):
+            (root / d / f"f{i}").write_bytes(b"")
+    (root / "x" / "link").symlink_to(root / "a")  # not followed
+    full, stack = [""], [""]
+    while stack:
+        rel = stack.pop()
+        for de in os.scandir(root / rel):
+            if de.is_dir(follow_symlinks=False):
+                full.append(f"{rel}/{de.name}" if rel else de.name)
+                stack.append(full[-1])
+    got = walk_dirs(str(root))
+    assert sorted(got) == sorted(full) and len(got) == len(set(got)) == 11
+    assert all(got.index(p.rsplit("/", 1)[0]) < got.index(p) for p in got if "/" in p)
+    if os.stat(root).st_dev in _devices_counting_subdirs():
+        (root / "a" / "leaf" / "late").mkdir()  # a leaf no longer: found again
+        assert "a/leaf/late" in walk_dirs(str(root))

@@ -61,8 +61,19 @@ def list_dirs(root: str, dirs: list[str], warn: Warn) -> Listed:
     return Listed(listings, mtimes, subdirs)
 
 
+# Filesystems where a directory's link count is 2 + its subdirectories (ext4 sets 1 past
+# 65,000 of them): one with 2 has none, and its files need not be listed to find them.
+_NLINK_COUNTS_SUBDIRS = frozenset({"ext2", "ext3", "ext4", "xfs", "tmpfs"})
+
+
 def walk_dirs(root: str) -> list[str]:
-    """Every directory under ``root`` (relative, parents first), never following a link."""
+    """Every directory under ``root`` (relative, parents first), never following a link.
+
+    A directory with no subdirectory by its link count, on a filesystem that counts them
+    (``_NLINK_COUNTS_SUBDIRS``, by ``/proc/self/mountinfo``), is not listed: a tree of
+    leaf directories full of files costs one ``lstat`` per directory, not a listing.
+    """
+    counted = _devices_counting_subdirs()
     out, stack = [""], [""]
     while stack:
         rel = stack.pop()
@@ -72,10 +83,34 @@ def walk_dirs(root: str) -> list[str]:
                     if de.is_dir(follow_symlinks=False):
                         child = join(rel, de.name)
                         out.append(child)
-                        stack.append(child)
+                        try:
+                            st = de.stat(follow_symlinks=False)
+                        except OSError:
+                            st = None
+                        if st is None or st.st_nlink != 2 or st.st_dev not in counted:
+                            stack.append(child)
         except OSError:
             continue
     return out
+
+
+def _devices_counting_subdirs() -> set[int]:
+    """The st_dev of every mounted filesystem whose type counts subdirectories in links."""
+    devs: set[int] = set()
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                try:
+                    fstype = fields[fields.index("-") + 1]
+                    major, minor = fields[2].split(":")
+                except (ValueError, IndexError):
+                    continue
+                if fstype in _NLINK_COUNTS_SUBDIRS:
+                    devs.add(os.makedev(int(major), int(minor)))
+    except OSError:
+        pass
+    return devs
 
 
 _SNAPSHOT = ("SELECT id, path, kind, size, mtime_ns FROM entries "
