@@ -157,8 +157,10 @@ class Subscription:
         library_id: str | None,
         maxsize: int,
         drop_limit: int,
+        internal: bool = False,
     ) -> None:
         self._bus = bus
+        self.internal = internal
         self.kinds = kinds
         self.library_id = library_id
         self._queue: deque[Event] = deque()
@@ -232,7 +234,7 @@ class EventBus:
         size, limit = (sys.maxsize, sys.maxsize) if internal else (self._queue_size,
                                                                     self._drop_limit)
         sub = Subscription(self, frozenset(kinds) if kinds is not None else None, library_id,
-                           size, limit)
+                           size, limit, internal)
         self._subs.append(sub)
         return sub
 
@@ -244,7 +246,8 @@ class EventBus:
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._subs)
+        """Clients streaming events (not the daemon's own listeners)."""
+        return sum(1 for sub in self._subs if not sub.internal)
 
     def publish(self, event: Event) -> None:
         """Deliver to every matching subscriber. Call on the loop's thread."""

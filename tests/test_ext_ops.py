@@ -350,3 +350,20 @@ def test_stats_keep_no_made_up_method_names(daemon: Daemon, tmpdir_short: Path) 
               check=True)
     f = _stats(daemon, "inventor")["since_start"]
     assert f["calls"] == {"(unknown method)": 3} and f["errors"] == {"-32601": 3}
+
+
+def test_status_counts_client_subscribers_only(ext_daemon: Daemon, tmpdir_short: Path) -> None:
+    """The daemon's own listeners (the extension trigger service, the watcher) are not
+    subscribers: `status` and `sd metrics` count the clients streaming events."""
+    d = ext_daemon
+    assert d.sd_json("ext", "list")  # the bundled extensions (and their triggers) are loaded
+    assert d.sd_json("status")["subscribers"] == 0
+    assert "sd_event_subscribers 0.0" in d.sd("metrics", check=True).stdout
+    t = EventTap(d, tmpdir_short / "events.jsonl")
+    try:
+        wait_for(lambda: d.sd_json("status")["subscribers"] == 1, 30, "the tap to subscribe")
+    finally:
+        t.close()
+    # A peer that closed looks half-closed (EOF) until an event written to it fails.
+    d.sd("library", "create", "after-the-tap", check=True)
+    wait_for(lambda: d.sd_json("status")["subscribers"] == 0, 30, "the tap to go away")
