@@ -138,7 +138,7 @@ def test_the_duplicate_finder_tags_a_new_copy_as_it_lands(daemon: Daemon,
     daemon.sd("ext", "install", str(BUILT_EXTENSIONS / "duplicate-finder"), check=True)
     info = daemon.sd_json("ext", "info", "duplicate-finder")
     assert [(t["on"], t["job"]) for t in info["triggers"]] == [
-        ("entries.created", "find"), ("entries.modified", "find")]
+        ("entries.created", "find"), ("entries.modified", "find"), ("entries.removed", "find")]
     loc = add(daemon, lib, tree)
     assert tagged(daemon, lib) == set()
 

@@ -33,13 +33,16 @@
 //! A run first takes `tag` off the location's entries, so a re-run reflects
 //! the files as they are now. Resuming after a crash redoes at most one page.
 //!
-//! **Incremental mode** (what the manifest's triggers run on `entries.created` and
-//! `entries.modified`): `{"entry_ids": [..], "tag"?: "duplicate"}` checks only those
-//! entries, each against the files of its own location with the same size (hashed
-//! by the host, cached), and tags every group of two or more distinct files one of
-//! them is in; a changed file that no longer has a copy loses the tag. Files that
-//! are gone, not files, or empty are skipped. Tags elsewhere are left as they are:
-//! the full mode (`location_id`) gives the exact picture again.
+//! **Incremental mode** (what the manifest's triggers run on `entries.created`,
+//! `entries.modified` and `entries.removed`): `{"entry_ids": [..], "tag"?: "duplicate"}`
+//! checks only those entries, each against the files of its own location with the same size
+//! (hashed by the host, cached), and tags every group of two or more distinct files one of
+//! them is in; a changed file that no longer has a copy loses the tag. Files that are gone,
+//! not files, or empty are skipped. After removals or changes (`"trigger"` names the event)
+//! every tagged file of the library is checked again the same way, so the former partner of a
+//! deleted, changed or moved-out copy loses the tag: a tagged file's remaining copies were
+//! all tagged, and a removed entry's size is no longer known. The full mode (`location_id`)
+//! gives the exact picture again after changes the live watcher did not announce.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -143,6 +146,9 @@ struct State {
     pending: Vec<i64>,
     #[serde(default)]
     total: u64,
+    /// Incremental mode after removals or changes: the tagged files checked again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    verified: bool,
     #[serde(default)]
     stats: Stats,
 }
@@ -386,6 +392,11 @@ fn incremental(ctx: &JobContext, lib: &Library, st: &mut State) -> JobResult {
             return fail(ctx, "cannot create the tag", e);
         }
     }
+    let removed = st.trigger.as_deref() == Some("entries.removed");
+    if removed {
+        // Their rows are gone: nothing to look up; what they leave behind is checked below.
+        st.entry_ids.clear();
+    }
     let total = (st.entry_ids.len() as u64 + st.stats.files).max(1);
     while !st.entry_ids.is_empty() {
         let n = st.entry_ids.len().min(INCREMENTAL_STEP);
@@ -405,11 +416,57 @@ fn incremental(ctx: &JobContext, lib: &Library, st: &mut State) -> JobResult {
             return JobResult::Interrupted;
         }
     }
+    let changed = st.trigger.as_deref() == Some("entries.modified");
+    if (removed || changed) && !st.verified {
+        if let Err(r) = recheck_tagged(ctx, lib, st) {
+            return r;
+        }
+        st.verified = true;
+    }
     ctx.report_progress(1.0, &format!("{} files checked, {} duplicates", st.stats.files, st.stats.duplicates));
     if let Err(e) = ctx.checkpoint(st) {
         return JobResult::failed(format!("checkpoint failed: {}", e));
     }
     JobResult::Completed
+}
+
+/// After files were removed or changed: every tagged file of the library is checked again
+/// against the files of its location with its size, so one whose last copy went loses the
+/// tag (and a group that lost a member keeps the others). A file that lost its copy was
+/// tagged, and so was each copy it still has; the cost is the tagged files and their
+/// same-sized runs (hashes cached), whatever the size of the change. Not checkpointed
+/// part-way: a resumed job checks them all again (the result is the same).
+fn recheck_tagged(ctx: &JobContext, lib: &Library, st: &mut State) -> Result<(), JobResult> {
+    let mut wanted: BTreeMap<(i64, u64), BTreeSet<i64>> = BTreeMap::new();
+    let mut not_files: Vec<i64> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let q = EntryQuery::default().tag(st.tag.as_str()).limit(st.page_size).cursor(cursor.clone());
+        let page = match retrying(|| lib.list_entries(&q)) {
+            Ok(p) => p,
+            Err(CallError::Host { code: NOT_FOUND, .. }) => return Ok(()), // no such tag yet
+            Err(e) => return Err(fail(ctx, "cannot list tagged entries", e)),
+        };
+        for e in &page.entries {
+            if e.kind != EntryKind::File || e.size == 0 {
+                not_files.push(e.id); // emptied, or no longer a file: never a duplicate
+            } else {
+                wanted.entry((e.location_id, e.size)).or_default().insert(e.id);
+            }
+        }
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    for chunk in not_files.chunks(TAG_BATCH) {
+        let r = retrying(|| lib.remove_tag(st.tag.as_str(), chunk)).map_err(|e| fail(ctx, "cannot untag", e))?;
+        st.stats.untagged += r.removed;
+    }
+    for ((location_id, size), tagged) in wanted {
+        check_run(ctx, lib, st, location_id, size, &tagged)?;
+    }
+    Ok(())
 }
 
 /// One step of the incremental mode: the entries' same-sized files, hashed, grouped, tagged.
@@ -433,6 +490,16 @@ fn check_entries(ctx: &JobContext, lib: &Library, st: &mut State, ids: &[i64]) -
         wanted.entry((e.location_id, e.size)).or_default().insert(e.id);
     }
     for ((location_id, size), fresh) in wanted {
+        check_run(ctx, lib, st, location_id, size, &fresh)?;
+    }
+    Ok(())
+}
+
+/// Hashes the files of `location_id` of `size` and tags every group one of `fresh` is in;
+/// a member of `fresh` in no group loses the tag.
+fn check_run(ctx: &JobContext, lib: &Library, st: &mut State, location_id: i64, size: u64,
+             fresh: &BTreeSet<i64>) -> Result<(), JobResult> {
+    {
         let mut run: Vec<Member> = Vec::new();
         let mut cursor: Option<String> = None;
         'pages: loop {
@@ -472,8 +539,8 @@ fn check_entries(ctx: &JobContext, lib: &Library, st: &mut State, ids: &[i64]) -
         }
         // A changed file with no copy any more loses the tag.
         let lone: Vec<i64> = fresh.difference(&tagged).copied().collect();
-        if !lone.is_empty() {
-            let r = retrying(|| lib.remove_tag(st.tag.as_str(), &lone)).map_err(|e| fail(ctx, "cannot untag", e))?;
+        for chunk in lone.chunks(TAG_BATCH) {
+            let r = retrying(|| lib.remove_tag(st.tag.as_str(), chunk)).map_err(|e| fail(ctx, "cannot untag", e))?;
             st.stats.untagged += r.removed;
         }
         flush(ctx, lib, st)?;

@@ -1,0 +1,125 @@
+"""The duplicate finder kept right by the live watcher: after files are created, deleted,
+changed and moved, the tagged set is what ``jdupes -r`` lists (real daemon, real inotify,
+the real .wasm dispatched by its manifest's triggers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+from conftest import BUILT_EXTENSIONS, Daemon, wait_for
+from fstree import assert_same_as_jdupes, jdupes
+from test_watch import add, call, index
+
+FINDER = BUILT_EXTENSIONS / "duplicate-finder"
+
+
+def tagged(d: Daemon, lib: str) -> set[str]:
+    out: set[str] = set()
+    cursor = None
+    while True:
+        page = call(d, "query:entries.list.v1",
+                    {"tag": "duplicate", "limit": 1000, "cursor": cursor}, lib)
+        out.update(e["path"] for e in page["entries"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return out
+
+
+def finder_jobs(d: Daemon, lib: str) -> list[dict[str, Any]]:
+    jobs = call(d, "query:jobs.list.v1", {"extension_id": "duplicate-finder", "limit": 1000}, lib)
+    return [call(d, "query:jobs.info.v1", {"id": j["id"]}, lib) for j in jobs]
+
+
+def state_of(job: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(job["input"]["state_json"])  # type: ignore[no-any-return]
+
+
+def checked(d: Daemon, lib: str, kind: str, entry_id: int) -> None:
+    """Wait until the trigger job of ``kind`` given ``entry_id`` has completed."""
+    def done() -> bool:
+        jobs = [j for j in finder_jobs(d, lib)
+                if state_of(j).get("trigger") == kind and entry_id in state_of(j)["entry_ids"]]
+        assert all(j["status"] not in ("failed", "cancelled") for j in jobs), jobs
+        return any(j["status"] == "completed" for j in jobs)
+    wait_for(done, 60, f"the {kind} job for entry {entry_id}")
+
+
+def test_live_changes_keep_the_tagged_set_equal_to_jdupes(daemon: Daemon,
+                                                          tmpdir_short: Path) -> None:
+    rnd = random.Random(15)
+    tree = tmpdir_short / "tree"
+    outside = tmpdir_short / "outside"
+    outside.mkdir()
+    pair, triple, changed, moving, lone = (rnd.randbytes(n) for n in (5000, 6000, 7000, 8000, 9000))
+    files = {"a/a1": pair, "b/a2": pair, "a/b1": triple, "b/b2": triple, "c/b3": triple,
+             "a/c1": changed, "c/c2": changed, "a/d1": moving, "d/d2": moving,
+             "a/l1": lone, "a/same-size": rnd.randbytes(5000)}
+    for i in range(20):
+        files[f"u/f{i:02d}"] = rnd.randbytes(5000 + i * 97)
+    for rel, data in files.items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes(data)
+    lib = daemon.sd_json("library", "create", "L")["id"]
+    daemon.sd("ext", "install", str(FINDER), check=True)
+    loc = add(daemon, lib, tree)
+    r = daemon.sd("--json", "job", "run", "duplicate-finder", "find", "--library", lib,
+                  "--state", json.dumps({"location_id": loc}), "--wait", timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert tagged(daemon, lib) == {"a/a1", "b/a2", "a/b1", "b/b2", "c/b3", "a/c1", "c/c2",
+                                   "a/d1", "d/d2"}
+    assert_same_as_jdupes(tree, tagged(daemon, lib))
+    ids = {p: e["id"] for p, e in index(daemon, lib, loc).items()}
+
+    # One copy of a pair deleted: its partner has no copy any more.
+    (tree / "b/a2").unlink()
+    checked(daemon, lib, "entries.removed", ids["b/a2"])
+    assert "a/a1" not in tagged(daemon, lib)
+    assert_same_as_jdupes(tree, tagged(daemon, lib))
+
+    # A group of three losing one stays a group of two.
+    (tree / "c/b3").unlink()
+    checked(daemon, lib, "entries.removed", ids["c/b3"])
+    assert {"a/b1", "b/b2"} <= tagged(daemon, lib)
+    assert_same_as_jdupes(tree, tagged(daemon, lib))
+
+    # A copy changed (same size, other bytes): neither it nor its former partner is tagged.
+    (tree / "c/c2").write_bytes(rnd.randbytes(7000))
+    checked(daemon, lib, "entries.modified", ids["c/c2"])
+    assert not {"a/c1", "c/c2"} & tagged(daemon, lib)
+    assert_same_as_jdupes(tree, tagged(daemon, lib))
+
+    # A copy moved out of the location: its partner is alone in it.
+    shutil.move(tree / "d/d2", outside / "d2")
+    checked(daemon, lib, "entries.removed", ids["d/d2"])
+    assert "a/d1" not in tagged(daemon, lib)
+    assert_same_as_jdupes(tree, tagged(daemon, lib))
+
+    # Renamed inside the location: still a copy, still tagged.
+    os.rename(tree / "b/b2", tree / "u/b2-renamed")
+    wait_for(lambda: "u/b2-renamed" in tagged(daemon, lib), 30, "the renamed copy")
+    assert_same_as_jdupes(tree, tagged(daemon, lib))
+
+    # A file changed into a copy of another (of another size before): both tagged; and a
+    # burst at once: the new copy's partner's other copy deleted, a lone file copied.
+    (tree / "a/same-size").write_bytes(pair)
+    (tree / "u/b2-renamed").unlink()
+    shutil.copy(tree / "a/l1", tree / "u/l1-copy")
+    checked(daemon, lib, "entries.modified", ids["a/same-size"])
+    checked(daemon, lib, "entries.removed", ids["b/b2"])
+    wait_for(lambda: "u/l1-copy" in tagged(daemon, lib), 30, "the new copy")
+    wait_for(lambda: all(j["status"] == "completed" for j in finder_jobs(daemon, lib)), 60,
+             "the trigger jobs to end")
+    assert tagged(daemon, lib) == {"a/a1", "a/same-size", "a/l1", "u/l1-copy"} == jdupes(tree)
+    assert "a/b1" not in tagged(daemon, lib)
+
+    # The full mode agrees with what the live updates left.
+    live = tagged(daemon, lib)
+    r = daemon.sd("--json", "job", "run", "duplicate-finder", "find", "--library", lib,
+                  "--state", json.dumps({"location_id": loc}), "--wait", timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert tagged(daemon, lib) == live
