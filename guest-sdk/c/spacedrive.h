@@ -1,11 +1,13 @@
-/* spacedrive.h: the C SDK for sd extensions, ABI v1 (guest-sdk/ABI.md).
+/* spacedrive.h: the C SDK for sd extensions, ABI v2 (guest-sdk/ABI.md).
  *
  * One header, no libc, for wasm32-freestanding (clang --target=wasm32 or
- * zig cc -target wasm32-freestanding). It gives a guest everything ABI v1 asks
+ * zig cc -target wasm32-freestanding). It gives a guest everything ABI v2 asks
  * for and nothing more:
  *
  *   - an allocator exporting wasm_alloc / wasm_free (ABI.md §2),
- *   - typed wrappers for the nine host functions (§3), job ids as 16 raw bytes,
+ *   - typed wrappers for the ten host functions (§3), job ids as 16 raw bytes,
+ *   - sd_entry_read / sd_job_read: file bytes straight into a buffer (v2, §3.5),
+ *   - SD_DECLARE_ABI(n): the spacedrive_abi custom section (§8),
  *   - sd_call: the reply envelope {"ok": ...} / {"error": ...} decoded (§3.1),
  *   - sd_run_job: ctx and state parsed, return codes as the Rust SDK (§4),
  *   - a JSON reader (validating, zero-copy) and writer, and a printf subset,
@@ -45,7 +47,37 @@
 extern "C" {
 #endif
 
-#define SD_ABI_VERSION 1
+/* The newest ABI version this header implements (it implements every older one). */
+#define SD_ABI_VERSION 2
+
+/* ---- the ABI version a module needs (ABI.md §8) ---------------------------
+ * At file scope, once per module (one translation unit is enough):
+ *
+ *     SD_DECLARE_ABI(2);     // or SD_DECLARE_ABI(SD_ABI_VERSION)
+ *
+ * emits a custom section "spacedrive_abi" holding the one byte n, so a host
+ * older than n refuses the module at install and load with "module needs ABI
+ * version n" instead of failing later. n is an integer constant from 1 to 255.
+ * Unlike the Rust SDK's extension!, SD_EXTENSION declares nothing by itself:
+ * without SD_DECLARE_ABI a module needs version 1, or 2 if it calls
+ * sd_entry_read / sd_job_read (importing entry_read implies 2), so a module
+ * using only v1 keeps loading on a v1 host. Declaring the section uses
+ * module-level assembly: clang's section attribute makes a data segment on
+ * wasm, not a custom section. */
+#define SD__STR(x) #x
+#define SD__XSTR(x) SD__STR(x)
+#if defined(__cplusplus)
+#define SD__STATIC_ASSERT static_assert
+#else
+#define SD__STATIC_ASSERT _Static_assert
+#endif
+#if defined(__wasm__)
+#define SD_DECLARE_ABI(n)                                                          \
+    SD__STATIC_ASSERT((n) >= 1 && (n) <= 255, "SD_DECLARE_ABI: 1 to 255");          \
+    __asm__(".section .custom_section.spacedrive_abi,\"\",@\n.int8 " SD__XSTR(n) "\n")
+#else
+#define SD_DECLARE_ABI(n) SD__STATIC_ASSERT((n) >= 1 && (n) <= 255, "SD_DECLARE_ABI: 1 to 255")
+#endif
 
 /* ---- raw host imports (module "spacedrive"), exactly ABI.md §3 ---------- */
 #if defined(__wasm__)
@@ -77,6 +109,10 @@ SD__IMPORT(job_increment_items)
 void sd_raw_job_increment_items(const uint8_t *job_id, int64_t n);
 SD__IMPORT(job_increment_bytes)
 void sd_raw_job_increment_bytes(const uint8_t *job_id, int64_t n);
+/* v2 (ABI.md §3.5); a module importing it needs ABI version 2. */
+SD__IMPORT(entry_read)
+int64_t sd_raw_entry_read(const uint8_t *library_id, int64_t entry_id, int64_t offset, void *buf,
+                          int32_t buf_len);
 
 /* ---- memory ------------------------------------------------------------- */
 void *sd_alloc(size_t size);                 /* 0 when out of memory */
@@ -230,6 +266,34 @@ void sd_job_bytes(sd_job *job, uint64_t n);
 sd_reply sd_job_call(sd_job *job, const char *method, const char *payload, size_t len);
 /* Logs msg at error level and returns SD_JOB_FAILED. */
 int32_t sd_job_fail(sd_job *job, const char *msg);
+
+/* ---- file bytes: entry_read (ABI v2, ABI.md §3.5) ---------------------------
+ * Reads up to len bytes (at most SD_ENTRY_READ_MAX a call) of file entry
+ * entry_id (query:entries.list.v1's id) from offset straight into buf: no JSON,
+ * no base64. Returns the bytes read, fewer than asked only at the end of the
+ * file, 0 at or past it; or a negative code, SD_READ_*. The host checks what
+ * query:entries.read.v1 checks: the manifest must grant that exact name (a
+ * prefix is not enough) and the library; each call counts against the rate
+ * limit; a symlink on the path is never followed. A buffer outside memory
+ * traps (the job fails). A buffer aligned to 4096 bytes is copied into fastest.
+ * Calling either function makes the module import entry_read: it then needs
+ * ABI version 2 (a v1 host refuses it at install). */
+#define SD_ENTRY_READ_MAX (16u << 20)
+enum {
+    SD_READ_NO_LIBRARY = -32001,      /* library_id 0 (a job without a library) */
+    SD_READ_UNKNOWN_LIBRARY = -32002,
+    SD_READ_NOT_PERMITTED = -32003,   /* query:entries.read.v1 or the library not granted */
+    SD_READ_RATE_LIMITED = -32004,
+    SD_READ_NO_ENTRY = -32006,        /* no such entry, or its file is gone */
+    SD_READ_NOT_A_FILE = -32007,      /* not a regular file, a symlink on its path, unreadable */
+    SD_READ_BAD_OFFSET = -32602       /* offset above INT64_MAX */
+};
+int64_t sd_entry_read(const sd_uuid *library_id, int64_t entry_id, uint64_t offset, void *buf,
+                      size_t len);
+/* sd_entry_read in the job's library. */
+int64_t sd_job_read(sd_job *job, int64_t entry_id, uint64_t offset, void *buf, size_t len);
+/* A fixed text for a negative code of sd_entry_read (the Rust SDK's texts). */
+const char *sd_read_error(int64_t code);
 
 /* The body of every job export: parses ctx (job_id required; else logs and
  * returns 3) and state (empty, blank or null -> {}; invalid JSON -> logs and
@@ -1006,6 +1070,32 @@ int32_t sd_job_fail(sd_job *job, const char *msg) {
     (void)job;
     sd_log_str(SD_ERROR, msg);
     return SD_JOB_FAILED;
+}
+
+int64_t sd_entry_read(const sd_uuid *library_id, int64_t entry_id, uint64_t offset, void *buf,
+                      size_t len) {
+    if (offset > (uint64_t)INT64_MAX) return SD_READ_BAD_OFFSET;
+    if (len > SD_ENTRY_READ_MAX) len = SD_ENTRY_READ_MAX; /* the host writes no more */
+    return sd_raw_entry_read(library_id ? library_id->bytes : 0, entry_id, (int64_t)offset, buf,
+                             (int32_t)len);
+}
+
+int64_t sd_job_read(sd_job *job, int64_t entry_id, uint64_t offset, void *buf, size_t len) {
+    return sd_entry_read(job->has_library ? &job->library_id : 0, entry_id, offset, buf, len);
+}
+
+const char *sd_read_error(int64_t code) {
+    switch (code) {
+    case SD_READ_NO_LIBRARY: return "entry_read needs a library";
+    case SD_READ_UNKNOWN_LIBRARY: return "no such library";
+    case SD_READ_NOT_PERMITTED:
+        return "permission denied: entry_read needs query:entries.read.v1 granted by its exact name";
+    case SD_READ_RATE_LIMITED: return "rate limited";
+    case SD_READ_NO_ENTRY: return "no such entry, or its file is gone";
+    case SD_READ_NOT_A_FILE: return "not a readable regular file (a symlink, changed, or unreadable)";
+    case SD_READ_BAD_OFFSET: return "invalid offset";
+    default: return "entry_read failed";
+    }
 }
 
 static bool sd__uuid_field(sd_json v, sd_uuid *out) {
