@@ -294,3 +294,66 @@ def test_full_disk_during_a_deferred_walk_pauses_and_ends_with_every_index(
     # The resumed walk (move detection on) made any index the full disk kept deferred first.
     assert "Traceback" not in d.log()
     assert d.stop() == 0
+
+
+async def test_a_rescan_of_another_location_sweeps_while_the_indexes_are_deferred(
+        core: Core, tmp_path: Path) -> None:
+    """The indexes are the library's: another location's rescan, under way when a first
+    walk defers them, sweeps (move detection on: it looks for orphans) without them."""
+    lib = await core.libraries.create_library("L")
+    other = tmp_path / "other"
+    for d in ("a", "b"):
+        (other / d).mkdir(parents=True)
+        (other / d / "x.txt").write_bytes(b"x")
+    added = await op(core, lib, "action:locations.add.input.v1",
+                     {"path": str(other), "watch": False})
+    await (await lib.jobs.get_handle(added["job_id"])).wait()
+    other_loc = int(added["location"]["id"])
+    tree = tmp_path / "tree"
+    loc = await add_empty_location(core, lib, tree)
+    # Directories of 500 files or more: the walk's first batch passes DEFER_MIN, so it
+    # defers before its first pause.
+    for d, n in (("big", 1100), ("d0", 500), ("d1", 500), ("d2", 500), ("d3", 500)):
+        (tree / d).mkdir()
+        for f in range(n):
+            (tree / d / f"f{f}.txt").touch()
+    (other / "a" / "x.txt").unlink()
+    (other / "b" / "new.md").write_bytes(b"new")
+    # One directory a batch, 1 s apart: its walk began with every index there, and it
+    # sweeps well within the first walk's deferral (6 s between its batches).
+    rescan = await lib.jobs.dispatch_by_name("locations.index", {
+        "location_id": other_loc, "batch_size": 1, "throttle_ms": 1000})
+    await job_when(lib, rescan, lambda i: i.checkpoints >= 1)
+    first = await lib.jobs.dispatch_by_name("locations.index", {
+        "location_id": loc, "batch_size": 1000, "throttle_ms": 6000})
+    await wait_for_async(lambda: lib.db.run(deferred.missing), 30, "the indexes deferred")
+    assert (await lib.jobs.info(rescan)).status == "running"
+    info = await job_when(lib, rescan, lambda i: i.status not in ("queued", "running"))
+    assert (info.status, info.error) == ("completed", None)
+    assert "entries_by_parent" in await lib.db.run(deferred.missing)  # swept without it
+    assert shape(await by_path(core, lib, location_id=other_loc)) == expected_index(other)
+    await lib.jobs.cancel(first)
+    await job_when(lib, first, lambda i: i.status == "cancelled")
+    assert await lib.db.run(deferred.missing) == set()
+
+
+async def test_finish_scan_looks_for_orphans_without_a_deferred_index(
+        core: Core, tmp_path: Path) -> None:
+    """The sweep's orphan search, run while entries_by_parent is deferred, still finds them."""
+    lib = await core.libraries.create_library("L")
+    tree = tmp_path / "tree"
+    make_tree(tree)
+    added = await op(core, lib, "action:locations.add.input.v1",
+                     {"path": str(tree), "watch": False})
+    await (await lib.jobs.get_handle(added["job_id"])).wait()
+    loc = int(added["location"]["id"])
+    # A row whose directory is not stored: what the orphan search is for.
+    await lib.db.run(lambda c: c.execute(
+        "INSERT INTO entries (location_id, path, parent, name, extension, kind, size, "
+        "mtime_ns, dev, inode) VALUES (?, 'gone/x', 'gone', 'x', '', 'file', 1, 1, 1, 1)",
+        (loc,)))
+    await lib.db.run(lambda c: deferred.defer(c, "entries", indexer.KEEP_LIVE,
+                                              indexer.DEFER_TRIGGERS))
+    assert "entries_by_parent" in await lib.db.run(deferred.missing)
+    assert await lib.db.run(lambda c: indexer.finish_scan(c, loc, True)) == 1
+    assert shape(await by_path(core, lib)) == expected_index(tree)

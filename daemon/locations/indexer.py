@@ -751,9 +751,13 @@ def finish_scan(conn: sqlite3.Connection, location_id: int, orphans: bool = True
                                 (location_id,)).rowcount
         # Entries whose directory is not stored (a row a subtree move's UPDATE OR IGNORE
         # left behind): found by their parent paths, each looked up once, not row by row.
+        # The index is not named while another location's first walk has it deferred
+        # (the indexes are the library's): the location's rows are scanned instead.
+        by_parent = ("" if orphans and "entries_by_parent" in deferred.missing(conn)
+                     else "INDEXED BY entries_by_parent")
         while orphans:
             orphaned = [(parent,) for (parent,) in conn.execute(
-                "SELECT DISTINCT parent FROM entries INDEXED BY entries_by_parent "
+                f"SELECT DISTINCT parent FROM entries {by_parent} "
                 "WHERE location_id = ? AND parent != ''", (location_id,)).fetchall()
                 if conn.execute("SELECT 1 FROM entries WHERE location_id = ? AND path = ?",
                                 (location_id, parent)).fetchone() is None]
