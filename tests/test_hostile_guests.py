@@ -118,6 +118,17 @@ def test_failing_init(host: Host, name: str, expected: str) -> None:
     host.healthy(companion)
 
 
+@pytest.mark.parametrize("name", ["start_loop", "init_loop"])
+def test_a_loop_with_no_other_guest_running_hits_the_time_limit(host: Host, name: str) -> None:
+    """The epoch ticker ticks only while some thread runs guest code (fastpath.GUEST_CODE):
+    a start function and plugin_init count, with nothing else running (no companion)."""
+    t = time.monotonic()
+    msg = host.install_fails(name.replace("_", "-"), hostile(name))
+    assert f"time limit: guest code ran for more than {TIME_SLICE_MS} ms" in msg
+    assert time.monotonic() - t < 5
+    host.healthy(None)
+
+
 @pytest.mark.parametrize("name,expected", [
     ("unknown_import", "module imports env.abort, which is not part of ABI v2"),
     ("missing_export", "module does not export 'wasm_alloc'"),
