@@ -189,15 +189,15 @@ def index_job(ctx: JobContext, inp: IndexInput) -> dict[str, Any]:
         # Checkpoints less often, too: a page that many batches rewrite is copied into
         # the database once per checkpoint, not once per batch.
         db.run_sync(_walk_settings)
-        walker = Walker(ctx, inp, root, state, counts)
         try:
-            walker.run()
-        except BaseException:
-            # Not at shutdown, which must not wait for them: the next open makes them.
-            if walker.bulk and ctx.interrupt_reason != "shutdown":
-                _restore_quietly(ctx)
-            raise
-        else:
+            walker = Walker(ctx, inp, root, state, counts)
+            try:
+                walker.run()
+            except BaseException:
+                # Not at shutdown, which must not wait for them: the next open makes them.
+                if walker.bulk and ctx.interrupt_reason != "shutdown":
+                    _restore_quietly(ctx)
+                raise
             if walker.bulk:  # before the sweep, which uses them; with the walk's cache
                 _restore(ctx)
         finally:
@@ -266,6 +266,9 @@ def _restore_quietly(ctx: JobContext) -> None:
         _restore(ctx)
     except errors.SdError as e:
         ctx.log(f"could not make the deferred indexes again: {e.message}", logging.WARNING)
+    except (sqlite3.Error, OSError) as e:
+        ctx.log(f"could not make the deferred indexes again: {type(e).__name__}: {e}",
+                logging.WARNING)
 
 
 def _walk_settings(conn: sqlite3.Connection) -> None:
