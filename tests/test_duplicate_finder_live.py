@@ -123,3 +123,51 @@ def test_live_changes_keep_the_tagged_set_equal_to_jdupes(daemon: Daemon,
                   "--state", json.dumps({"location_id": loc}), "--wait", timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert tagged(daemon, lib) == live
+
+
+def test_changes_found_by_the_watchers_rescans_keep_it_equal_to_jdupes(
+        daemon: Daemon, tmpdir_short: Path) -> None:
+    """Changes made while a location is not watched, or while the daemon is down, are found
+    by the rescan of `watch on` or of the start, announced, and acted on as live ones."""
+    rnd = random.Random(16)
+    tree = tmpdir_short / "tree"
+    pair, changed, triple, down, lone = (rnd.randbytes(n) for n in (5000, 6000, 7000, 8000, 9000))
+    files = {"a/p1": pair, "b/p2": pair, "a/q1": changed, "b/q2": changed, "a/t1": triple,
+             "b/t2": triple, "c/t3": triple, "a/r1": down, "c/r2": down, "a/l1": lone}
+    for i in range(10):
+        files[f"u/f{i:02d}"] = rnd.randbytes(5000 + i * 97)
+    for rel, data in files.items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes(data)
+    lib = daemon.sd_json("library", "create", "L")["id"]
+    daemon.sd("ext", "install", str(FINDER), check=True)
+    loc = add(daemon, lib, tree)
+    r = daemon.sd("--json", "job", "run", "duplicate-finder", "find", "--library", lib,
+                  "--state", json.dumps({"location_id": loc}), "--wait", timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_same_as_jdupes(tree, tagged(daemon, lib))
+    assert len(tagged(daemon, lib)) == 9
+    ids = {p: e["id"] for p, e in index(daemon, lib, loc).items()}
+
+    daemon.sd("location", "watch", str(loc), "off", "--library", lib, check=True)
+    (tree / "b/p2").unlink()
+    (tree / "b/q2").write_bytes(rnd.randbytes(6000))
+    (tree / "c/t3").unlink()
+    shutil.copy(tree / "a/l1", tree / "c/l1-copy")
+    on = daemon.sd_json("location", "watch", str(loc), "on", "--library", lib)
+    daemon.watch_job(on["job_id"], lib)
+    checked(daemon, lib, "entries.removed", ids["b/p2"])
+    checked(daemon, lib, "entries.modified", ids["b/q2"])
+    wait_for(lambda: "c/l1-copy" in tagged(daemon, lib), 30, "the copy made while unwatched")
+    wait_for(lambda: all(j["status"] == "completed" for j in finder_jobs(daemon, lib)), 60,
+             "the trigger jobs to end")
+    assert tagged(daemon, lib) == {"a/t1", "b/t2", "a/r1", "c/r2", "a/l1", "c/l1-copy"}
+    assert_same_as_jdupes(tree, tagged(daemon, lib))
+
+    # While the daemon is down: its start's rescan announces the removal.
+    daemon.stop()
+    (tree / "c/r2").unlink()
+    daemon.start()
+    checked(daemon, lib, "entries.removed", ids["c/r2"])
+    assert "a/r1" not in tagged(daemon, lib)
+    assert_same_as_jdupes(tree, tagged(daemon, lib))

@@ -26,8 +26,10 @@ the watches are made afresh and the location rescanned.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import errno
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -45,7 +47,7 @@ from daemon.events import (
     JobEvent,
     JobPaused,
 )
-from daemon.locations import INDEX_JOB, live, store
+from daemon.locations import INDEX_JOB, live, snapshot, store
 from daemon.locations.fs import join
 
 if TYPE_CHECKING:
@@ -55,7 +57,7 @@ log = logging.getLogger("sd.watch")
 
 QUIET_S = 0.05  # a batch is cut this long after the last event ...
 MAX_WAIT_S = 0.25  # ... or this long after its first one
-ANNOUNCE_CHUNK = 10_000  # entry ids per entries.created event after a rescan
+ANNOUNCE_CHUNK = 10_000  # entry ids per entries.* event after a rescan
 MAX_FAILURES = 3  # batches failing in a row before the watcher gives up (state "stopped")
 READ_CACHE = 1024  # events (of the longest name) read per syscall
 _MASK = (Mask.CREATE | Mask.DELETE | Mask.MODIFY | Mask.ATTRIB | Mask.CLOSE_WRITE
@@ -436,8 +438,9 @@ class WatchService:
         self.retry_s = retry_s
         self._watchers: dict[tuple[str, int], LocationWatcher] = {}
         self._listener: asyncio.Task[None] | None = None
-        # Rescans this service dispatched: (library, location, largest entry id before it).
-        self._announce: dict[str, tuple[Library, int, int]] = {}
+        # Rescans this service dispatched: (library, location, largest entry id before it,
+        # the location's entries before it).
+        self._announce: dict[str, tuple[Library, int, int, snapshot.Snapshot]] = {}
 
     async def start_all(self, libraries: list[Library]) -> None:
         """At daemon start: watch every location that has watching on, then reconcile it
@@ -497,29 +500,36 @@ class WatchService:
 
     async def rescan(self, lib: Library, location_id: int, reason: str = "") -> str | None:
         """``request_rescan``, and once it completes, ``entries.created`` for the entries it
-        inserted (what appeared while the daemon was down or events were lost), so that
-        triggers see them too. Modified and removed ones are not announced."""
-        max_id = await lib.db.run(lambda c: int(c.execute(
-            "SELECT coalesce(max(id), 0) FROM entries").fetchone()[0]))
+        inserted (what appeared while the daemon was down or events were lost), then
+        ``entries.modified`` and ``entries.removed`` for those whose size or mtime it changed
+        and those it removed (by the location's entries before and after), so that triggers
+        see them too. Moves are not announced."""
+        def before(c: sqlite3.Connection) -> tuple[int, snapshot.Snapshot]:
+            max_id = int(c.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0])
+            return max_id, snapshot.take(c, location_id)
+        max_id, seen = await lib.db.run(before)
         job_id = await request_rescan(lib, location_id, reason)
         if job_id is not None:
-            self._announce[job_id] = (lib, location_id, max_id)
+            self._announce[job_id] = (lib, location_id, max_id, seen)
         return job_id
 
-    async def _announce_created(self, job_id: str, completed: bool) -> None:
-        lib, location_id, max_id = self._announce.pop(job_id)
+    async def _announce_changes(self, job_id: str, completed: bool) -> None:
+        lib, location_id, max_id, seen = self._announce.pop(job_id)
         if not completed:
             return
         try:
-            ids = await lib.db.run(lambda c: [r[0] for r in c.execute(
-                "SELECT id FROM entries WHERE location_id = ? AND id > ? AND missing = 0 "
-                "ORDER BY id", (location_id, max_id))])
+            now = await lib.db.run(lambda c: snapshot.take(c, location_id))
         except Exception as e:  # noqa: BLE001 - the library or location went meanwhile
-            log.debug("no entries.created after rescan %s: %s", job_id, e)
+            log.debug("no entries.* events after rescan %s: %s", job_id, e)
             return
-        for i in range(0, len(ids), ANNOUNCE_CHUNK):
-            self.bus.publish(EntriesCreated(library_id=lib.id, location_id=location_id,
-                                            entry_ids=ids[i:i + ANNOUNCE_CHUNK]))
+        i = bisect.bisect_right(now.ids, max_id)
+        created = now.ids[i:].tolist()
+        removed, modified = snapshot.removed_and_modified(seen, now)
+        for cls, ids in ((EntriesCreated, created), (EntriesModified, modified),
+                         (EntriesRemoved, removed)):
+            for k in range(0, len(ids), ANNOUNCE_CHUNK):
+                self.bus.publish(cls(library_id=lib.id, location_id=location_id,
+                                     entry_ids=ids[k:k + ANNOUNCE_CHUNK]))
 
     async def _listen(self) -> None:
         sub = self.bus.subscribe(_JOB_ENDS, internal=True)
@@ -529,7 +539,7 @@ class WatchService:
                     continue
                 if event.job_id in self._announce and not isinstance(event, JobPaused):
                     # Before the poke: the batches that waited for the job come after.
-                    await self._announce_created(event.job_id, isinstance(event, JobCompleted))
+                    await self._announce_changes(event.job_id, isinstance(event, JobCompleted))
                 for (lib_id, _), w in list(self._watchers.items()):
                     if lib_id == event.library_id:
                         w.poke()
