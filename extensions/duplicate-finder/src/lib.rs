@@ -39,9 +39,10 @@
 //! (hashed by the host, cached), and tags every group of two or more distinct files one of
 //! them is in; a changed file that no longer has a copy loses the tag. Files that are gone,
 //! not files, or empty are skipped. After removals or changes (`"trigger"` names the event)
-//! every tagged file of the library is checked again the same way, so the former partner of a
-//! deleted, changed or moved-out copy loses the tag: a tagged file's remaining copies were
-//! all tagged, and a removed entry's size is no longer known. The full mode (`location_id`)
+//! every tagged file of the library is hashed again (cached) and grouped with the other
+//! tagged files of its location, so the former partner of a deleted, changed or moved-out
+//! copy loses the tag: a tagged file's remaining copies were all tagged, and a removed
+//! entry's size is no longer known. The full mode (`location_id`)
 //! gives the exact picture again after changes the live watcher did not announce.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -430,28 +431,27 @@ fn incremental(ctx: &JobContext, lib: &Library, st: &mut State) -> JobResult {
     JobResult::Completed
 }
 
-/// After files were removed or changed: every tagged file of the library is checked again
-/// against the files of its location with its size, so one whose last copy went loses the
-/// tag (and a group that lost a member keeps the others). A file that lost its copy was
-/// tagged, and so was each copy it still has; the cost is the tagged files and their
-/// same-sized runs (hashes cached), whatever the size of the change. Not checkpointed
-/// part-way: a resumed job checks them all again (the result is the same).
+/// After files were removed or changed: every tagged file of the library is hashed again
+/// (cached: a stat each) and grouped with the other tagged files of its location; one left
+/// in no group of two or more distinct files loses the tag, so a file whose last copy was
+/// deleted, changed or moved out is untagged and a group of three losing one stays a group
+/// of two. Comparing with the tagged files is enough: before the change the tagged set was
+/// the duplicates, so a tagged file's remaining copies were all tagged (a changed file that
+/// became a copy is checked against all its same-sized files by the step before). A tagged
+/// file that cannot be hashed now, is empty or is no longer a file loses the tag too (the
+/// full mode does not tag it). Not checkpointed part-way: a resumed job checks them all again.
 fn recheck_tagged(ctx: &JobContext, lib: &Library, st: &mut State) -> Result<(), JobResult> {
-    let mut wanted: BTreeMap<(i64, u64), BTreeSet<i64>> = BTreeMap::new();
-    let mut not_files: Vec<i64> = Vec::new();
+    let mut files: Vec<(i64, i64)> = Vec::new(); // (entry id, location id)
+    let mut untag: Vec<i64> = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
         let q = EntryQuery::default().tag(st.tag.as_str()).limit(st.page_size).cursor(cursor.clone());
-        let page = match retrying(|| lib.list_entries(&q)) {
-            Ok(p) => p,
-            Err(CallError::Host { code: NOT_FOUND, .. }) => return Ok(()), // no such tag yet
-            Err(e) => return Err(fail(ctx, "cannot list tagged entries", e)),
-        };
+        let page = retrying(|| lib.list_entries(&q)).map_err(|e| fail(ctx, "cannot list tagged entries", e))?;
         for e in &page.entries {
             if e.kind != EntryKind::File || e.size == 0 {
-                not_files.push(e.id); // emptied, or no longer a file: never a duplicate
+                untag.push(e.id);
             } else {
-                wanted.entry((e.location_id, e.size)).or_default().insert(e.id);
+                files.push((e.id, e.location_id));
             }
         }
         cursor = page.next_cursor;
@@ -459,12 +459,44 @@ fn recheck_tagged(ctx: &JobContext, lib: &Library, st: &mut State) -> Result<(),
             break;
         }
     }
-    for chunk in not_files.chunks(TAG_BATCH) {
+    st.stats.candidates += files.len() as u64;
+    // (location, hash) -> the tagged names with that content there: (entry id, dev, inode).
+    let mut groups: BTreeMap<(i64, String), Vec<(i64, u64, u64)>> = BTreeMap::new();
+    for chunk in files.chunks(st.hash_batch as usize) {
+        let ids: Vec<i64> = chunk.iter().map(|&(id, _)| id).collect();
+        let location: BTreeMap<i64, i64> = chunk.iter().copied().collect();
+        let r = retrying(|| lib.content_hashes(&ids)).map_err(|e| fail(ctx, "cannot hash files", e))?;
+        st.stats.bytes_read += r.bytes_read;
+        ctx.increment_bytes(r.bytes_read);
+        for h in r.hashes {
+            match h.hash {
+                Some(hash) => {
+                    if h.cached {
+                        st.stats.cached += 1;
+                    } else {
+                        st.stats.hashed += 1;
+                    }
+                    let loc = location.get(&h.entry_id).copied().unwrap_or_default();
+                    groups.entry((loc, hash)).or_default().push((h.entry_id, h.dev, h.inode));
+                }
+                None => {
+                    let why = h.error.map(|e| e.message).unwrap_or_else(|| "no hash".to_string());
+                    ctx.add_warning(&format!("skipped entry {}: {}", h.entry_id, why));
+                    st.stats.skipped += 1;
+                    untag.push(h.entry_id);
+                }
+            }
+        }
+    }
+    for members in groups.values() {
+        let distinct: BTreeSet<(u64, u64)> = members.iter().map(|&(_, d, i)| (d, i)).collect();
+        if distinct.len() < 2 {
+            untag.extend(members.iter().map(|&(id, _, _)| id));
+        }
+    }
+    for chunk in untag.chunks(TAG_BATCH) {
         let r = retrying(|| lib.remove_tag(st.tag.as_str(), chunk)).map_err(|e| fail(ctx, "cannot untag", e))?;
         st.stats.untagged += r.removed;
-    }
-    for ((location_id, size), tagged) in wanted {
-        check_run(ctx, lib, st, location_id, size, &tagged)?;
     }
     Ok(())
 }
