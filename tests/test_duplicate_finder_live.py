@@ -49,6 +49,26 @@ def checked(d: Daemon, lib: str, kind: str, entry_id: int) -> None:
     wait_for(done, 60, f"the {kind} job for entry {entry_id}")
 
 
+def run_finder(d: Daemon, lib: str, loc: int) -> None:
+    """A full run of the finder on the location, to its end."""
+    r = d.sd("--json", "job", "run", "duplicate-finder", "find", "--library", lib,
+             "--state", json.dumps({"location_id": loc}), "--wait", timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def finder_on(d: Daemon, tree: Path, files: dict[str, bytes]) -> tuple[str, int]:
+    """``files`` written under ``tree``, a library watching it as a location, the finder
+    installed and run once on it: (library id, location id)."""
+    for rel, data in files.items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes(data)
+    lib = d.sd_json("library", "create", "L")["id"]
+    d.sd("ext", "install", str(FINDER), check=True)
+    loc = add(d, lib, tree)
+    run_finder(d, lib, loc)
+    return lib, loc
+
+
 def test_live_changes_keep_the_tagged_set_equal_to_jdupes(daemon: Daemon,
                                                           tmpdir_short: Path) -> None:
     rnd = random.Random(15)
@@ -61,15 +81,7 @@ def test_live_changes_keep_the_tagged_set_equal_to_jdupes(daemon: Daemon,
              "a/l1": lone, "a/same-size": rnd.randbytes(5000)}
     for i in range(20):
         files[f"u/f{i:02d}"] = rnd.randbytes(5000 + i * 97)
-    for rel, data in files.items():
-        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tree / rel).write_bytes(data)
-    lib = daemon.sd_json("library", "create", "L")["id"]
-    daemon.sd("ext", "install", str(FINDER), check=True)
-    loc = add(daemon, lib, tree)
-    r = daemon.sd("--json", "job", "run", "duplicate-finder", "find", "--library", lib,
-                  "--state", json.dumps({"location_id": loc}), "--wait", timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
+    lib, loc = finder_on(daemon, tree, files)
     assert tagged(daemon, lib) == {"a/a1", "b/a2", "a/b1", "b/b2", "c/b3", "a/c1", "c/c2",
                                    "a/d1", "d/d2"}
     assert_same_as_jdupes(tree, tagged(daemon, lib))
@@ -119,9 +131,7 @@ def test_live_changes_keep_the_tagged_set_equal_to_jdupes(daemon: Daemon,
 
     # The full mode agrees with what the live updates left.
     live = tagged(daemon, lib)
-    r = daemon.sd("--json", "job", "run", "duplicate-finder", "find", "--library", lib,
-                  "--state", json.dumps({"location_id": loc}), "--wait", timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
+    run_finder(daemon, lib, loc)
     assert tagged(daemon, lib) == live
 
 
@@ -136,15 +146,7 @@ def test_changes_found_by_the_watchers_rescans_keep_it_equal_to_jdupes(
              "b/t2": triple, "c/t3": triple, "a/r1": down, "c/r2": down, "a/l1": lone}
     for i in range(10):
         files[f"u/f{i:02d}"] = rnd.randbytes(5000 + i * 97)
-    for rel, data in files.items():
-        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tree / rel).write_bytes(data)
-    lib = daemon.sd_json("library", "create", "L")["id"]
-    daemon.sd("ext", "install", str(FINDER), check=True)
-    loc = add(daemon, lib, tree)
-    r = daemon.sd("--json", "job", "run", "duplicate-finder", "find", "--library", lib,
-                  "--state", json.dumps({"location_id": loc}), "--wait", timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
+    lib, loc = finder_on(daemon, tree, files)
     assert_same_as_jdupes(tree, tagged(daemon, lib))
     assert len(tagged(daemon, lib)) == 9
     ids = {p: e["id"] for p, e in index(daemon, lib, loc).items()}

@@ -462,32 +462,15 @@ fn recheck_tagged(ctx: &JobContext, lib: &Library, st: &mut State) -> Result<(),
     st.stats.candidates += files.len() as u64;
     // (location, hash) -> the tagged names with that content there: (entry id, dev, inode).
     let mut groups: BTreeMap<(i64, String), Vec<(i64, u64, u64)>> = BTreeMap::new();
-    for chunk in files.chunks(st.hash_batch as usize) {
-        let ids: Vec<i64> = chunk.iter().map(|&(id, _)| id).collect();
-        let location: BTreeMap<i64, i64> = chunk.iter().copied().collect();
-        let r = retrying(|| lib.content_hashes(&ids)).map_err(|e| fail(ctx, "cannot hash files", e))?;
-        st.stats.bytes_read += r.bytes_read;
-        ctx.increment_bytes(r.bytes_read);
-        for h in r.hashes {
-            match h.hash {
-                Some(hash) => {
-                    if h.cached {
-                        st.stats.cached += 1;
-                    } else {
-                        st.stats.hashed += 1;
-                    }
-                    let loc = location.get(&h.entry_id).copied().unwrap_or_default();
-                    groups.entry((loc, hash)).or_default().push((h.entry_id, h.dev, h.inode));
-                }
-                None => {
-                    let why = h.error.map(|e| e.message).unwrap_or_else(|| "no hash".to_string());
-                    ctx.add_warning(&format!("skipped entry {}: {}", h.entry_id, why));
-                    st.stats.skipped += 1;
-                    untag.push(h.entry_id);
-                }
-            }
+    let location: BTreeMap<i64, i64> = files.iter().copied().collect();
+    let ids: Vec<i64> = files.iter().map(|&(id, _)| id).collect();
+    hash_each(ctx, lib, st, &ids, |id, hashed| match hashed {
+        Some((hash, dev, inode)) => {
+            let loc = location.get(&id).copied().unwrap_or_default();
+            groups.entry((loc, hash)).or_default().push((id, dev, inode));
         }
-    }
+        None => untag.push(id),
+    })?;
     for members in groups.values() {
         let distinct: BTreeSet<(u64, u64)> = members.iter().map(|&(_, d, i)| (d, i)).collect();
         if distinct.len() < 2 {
@@ -580,12 +563,13 @@ fn check_run(ctx: &JobContext, lib: &Library, st: &mut State, location_id: i64, 
     Ok(())
 }
 
-/// The groups (entry ids) of two or more distinct files with the same content among `run`.
-fn hash_groups(ctx: &JobContext, lib: &Library, st: &mut State, run: &[Member]) -> Result<Vec<Vec<i64>>, JobResult> {
-    let mut by_hash: BTreeMap<String, Vec<(i64, u64, u64)>> = BTreeMap::new();
-    for chunk in run.chunks(st.hash_batch as usize) {
-        let ids: Vec<i64> = chunk.iter().map(|m| m.id).collect();
-        let r = retrying(|| lib.content_hashes(&ids)).map_err(|e| fail(ctx, "cannot hash files", e))?;
+/// The host's full-content hashes of `ids`, `hash_batch` at a time, counted in the job's
+/// stats: `each(id, Some((hash, dev, inode)))`, or `each(id, None)` for a file that could
+/// not be hashed (a job warning says why).
+fn hash_each(ctx: &JobContext, lib: &Library, st: &mut State, ids: &[i64],
+             mut each: impl FnMut(i64, Option<(String, u64, u64)>)) -> Result<(), JobResult> {
+    for chunk in ids.chunks(st.hash_batch as usize) {
+        let r = retrying(|| lib.content_hashes(chunk)).map_err(|e| fail(ctx, "cannot hash files", e))?;
         st.stats.bytes_read += r.bytes_read;
         ctx.increment_bytes(r.bytes_read);
         for h in r.hashes {
@@ -596,16 +580,29 @@ fn hash_groups(ctx: &JobContext, lib: &Library, st: &mut State, run: &[Member]) 
                     } else {
                         st.stats.hashed += 1;
                     }
-                    by_hash.entry(hash).or_default().push((h.entry_id, h.dev, h.inode));
+                    each(h.entry_id, Some((hash, h.dev, h.inode)));
                 }
                 None => {
                     let why = h.error.map(|e| e.message).unwrap_or_else(|| "no hash".to_string());
                     ctx.add_warning(&format!("skipped entry {}: {}", h.entry_id, why));
                     st.stats.skipped += 1;
+                    each(h.entry_id, None);
                 }
             }
         }
     }
+    Ok(())
+}
+
+/// The groups (entry ids) of two or more distinct files with the same content among `run`.
+fn hash_groups(ctx: &JobContext, lib: &Library, st: &mut State, run: &[Member]) -> Result<Vec<Vec<i64>>, JobResult> {
+    let mut by_hash: BTreeMap<String, Vec<(i64, u64, u64)>> = BTreeMap::new();
+    let ids: Vec<i64> = run.iter().map(|m| m.id).collect();
+    hash_each(ctx, lib, st, &ids, |id, hashed| {
+        if let Some((hash, dev, inode)) = hashed {
+            by_hash.entry(hash).or_default().push((id, dev, inode));
+        }
+    })?;
     Ok(by_hash
         .into_values()
         .filter(|m| m.iter().map(|&(_, d, i)| (d, i)).collect::<BTreeSet<_>>().len() >= 2)
