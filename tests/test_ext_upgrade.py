@@ -54,14 +54,22 @@ def running_notes(d: Daemon, job_id: str) -> list[str]:
     return [t["note"] for t in info(d, job_id)["transitions"] if t["status"] == "running"]
 
 
-def test_counter_continues_on_the_new_version(ext_daemon: Daemon, tmpdir_short: Path) -> None:
-    d = ext_daemon
+def counter_mid_run(d: Daemon, src: Path, checkpoints: int, target: int = 300) -> tuple[Path, str]:
+    """A library, version 0.2.0 built and in the module cache, and a slow counter job on
+    0.1.0 with ``checkpoints`` checkpoints written: (the 0.2.0 directory, the job id)."""
     d.sd("library", "create", "L", check=True)
-    v2 = counter_version(tmpdir_short / "src", "0.2.0", patched=True)
+    v2 = counter_version(src, "0.2.0", patched=True)
     warm_cache(d, v2)
     job = d.sd_json("job", "run", "test-extension", "counter", "--state",
-                    json.dumps({"target": 300, "spin": 3_000_000}))["job_id"]
-    wait_for(lambda: info(d, job)["checkpoints"] >= 5, 60, "five checkpoints")
+                    json.dumps({"target": target, "spin": 3_000_000}))["job_id"]
+    wait_for(lambda: info(d, job)["checkpoints"] >= checkpoints, 60,
+             f"{checkpoints} checkpoints")
+    return v2, job
+
+
+def test_counter_continues_on_the_new_version(ext_daemon: Daemon, tmpdir_short: Path) -> None:
+    d = ext_daemon
+    v2, job = counter_mid_run(d, tmpdir_short / "src", 5)
     r = d.sd("ext", "upgrade", str(v2), check=True)
     assert "test-extension 0.2.0: loaded" in r.stdout and "previous: 0.1.0" in r.stdout
     final = d.watch_job(job)
@@ -146,12 +154,7 @@ def test_kill9_during_upgrade_loses_nothing(tmpdir_short: Path, moment: str) -> 
     d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock",
                extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS)]).start()
     try:
-        d.sd("library", "create", "L", check=True)
-        v2 = counter_version(tmpdir_short / "src", "0.2.0", patched=True)
-        warm_cache(d, v2)
-        job = d.sd_json("job", "run", "test-extension", "counter", "--state",
-                        json.dumps({"target": 300, "spin": 3_000_000}))["job_id"]
-        wait_for(lambda: info(d, job)["checkpoints"] >= 3, 60, "three checkpoints")
+        v2, job = counter_mid_run(d, tmpdir_short / "src", 3)
         upgrade = subprocess.Popen([str(BIN / "sd"), "--socket", str(d.socket), "ext", "upgrade",
                                     str(v2)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if moment == "paused":
@@ -233,12 +236,7 @@ def test_install_over_an_installed_version_upgrades(ext_daemon: Daemon,
     """`sd ext install` of a newer version does what `sd ext upgrade` does; an older one is
     refused with a pointer to `upgrade --force`."""
     d = ext_daemon
-    d.sd("library", "create", "L", check=True)
-    v2 = counter_version(tmpdir_short / "src", "0.2.0", patched=True)
-    warm_cache(d, v2)
-    job = d.sd_json("job", "run", "test-extension", "counter", "--state",
-                    json.dumps({"target": 300, "spin": 3_000_000}))["job_id"]
-    wait_for(lambda: info(d, job)["checkpoints"] >= 3, 60, "three checkpoints")
+    v2, job = counter_mid_run(d, tmpdir_short / "src", 3)
     r = d.sd("ext", "install", str(v2), check=True)
     assert "test-extension 0.2.0: loaded" in r.stdout and "previous: 0.1.0" in r.stdout
     final = d.watch_job(job)
@@ -257,14 +255,9 @@ def test_queued_jobs_run_on_the_new_version(tmpdir_short: Path) -> None:
                extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS),
                            "--max-running-jobs", "1"]).start()
     try:
-        d.sd("library", "create", "L", check=True)
-        v2 = counter_version(tmpdir_short / "src", "0.2.0", patched=True)
-        warm_cache(d, v2)
-        running = d.sd_json("job", "run", "test-extension", "counter", "--state",
-                            json.dumps({"target": 200, "spin": 3_000_000}))["job_id"]
+        v2, running = counter_mid_run(d, tmpdir_short / "src", 3, target=200)
         waiting = d.sd_json("job", "run", "test-extension", "counter", "--state",
                             json.dumps({"target": 7}))["job_id"]
-        wait_for(lambda: info(d, running)["checkpoints"] >= 3, 60, "three checkpoints")
         assert info(d, waiting)["status"] == "queued"
         d.sd("ext", "upgrade", str(v2), check=True)
         for job, target in ((running, 200), (waiting, 7)):
