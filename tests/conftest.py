@@ -13,11 +13,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from daemon.app import open_app
+from daemon.config import DaemonConfig
+from daemon.core import Core
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -65,6 +69,17 @@ async def wait_for_async(cond: Callable[[], Any], timeout: float = 30.0,
             return value
         deadline.check(value)
         await asyncio.sleep(every)
+
+
+@pytest.fixture
+async def core(tmp_path: Path) -> AsyncIterator[Core]:
+    """A Core opened in this process on a fresh data dir, without extensions (test modules
+    that need another kind define their own ``core``)."""
+    data = tmp_path / "data"
+    c = (await open_app(data, DaemonConfig(data_dir=data, socket_path=data / "s.sock"),
+                        load_extensions=False)).core
+    yield c
+    await c.shutdown()
 
 
 def short_tmpdir() -> Path:

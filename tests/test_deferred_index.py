@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,6 @@ from fstree import expected_index
 from test_faults import fill, small_disk, spawn  # noqa: F401 - fixtures
 from test_locations import by_path, job_when, op, shape
 
-from daemon.app import open_app
-from daemon.config import DaemonConfig
 from daemon.core import Core
 from daemon.libraries import deferred
 from daemon.libraries.manager import Library
@@ -41,15 +39,6 @@ def make_tree(root: Path, dirs: int = 24, files: int = 60) -> None:
     (root / "empty").mkdir()
     os.symlink("top0", root / "link")
     assert sum(1 for _ in root.rglob("*")) > indexer.DEFER_MIN
-
-
-@pytest.fixture
-async def core(tmp_path: Path) -> AsyncIterator[Core]:
-    data = tmp_path / "data"
-    c = (await open_app(data, DaemonConfig(data_dir=data, socket_path=data / "s.sock"),
-                        load_extensions=False)).core
-    yield c
-    await c.shutdown()
 
 
 def index_sql(conn: sqlite3.Connection) -> set[tuple[str, str]]:

@@ -12,7 +12,6 @@ import itertools
 import os
 import random
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +30,6 @@ from daemon.extensions.policy import ExtensionPolicy
 from daemon.libraries.manager import Library
 from daemon.locations import content
 from rpc.dispatch import Dispatcher
-
-
-@pytest.fixture
-async def core(tmp_path: Path) -> AsyncIterator[Core]:
-    data = tmp_path / "data"
-    c = (await open_app(data, DaemonConfig(data_dir=data, socket_path=data / "s.sock"),
-                                   load_extensions=False)).core
-    yield c
-    await c.shutdown()
 
 
 @pytest.fixture
