@@ -15,15 +15,23 @@ from conftest import BUILT_EXTENSIONS, Daemon, wait_for
 from fstree import assert_same_as_jdupes, jdupes
 from test_watch import add, call, index
 
+from daemon import errors
+
 FINDER = BUILT_EXTENSIONS / "duplicate-finder"
 
 
 def tagged(d: Daemon, lib: str) -> set[str]:
+    """The paths tagged ``duplicate`` in ``lib`` (none while the tag does not exist yet)."""
     out: set[str] = set()
     cursor = None
     while True:
-        page = call(d, "query:entries.list.v1",
-                    {"tag": "duplicate", "limit": 1000, "cursor": cursor}, lib)
+        try:
+            page = call(d, "query:entries.list.v1",
+                        {"tag": "duplicate", "limit": 1000, "cursor": cursor}, lib)
+        except errors.NotFound as e:
+            if e.data != {"tag": "duplicate"}:
+                raise
+            return out
         out.update(e["path"] for e in page["entries"])
         cursor = page["next_cursor"]
         if cursor is None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import BUILT_EXTENSIONS, Daemon, wait_for
+from test_duplicate_finder_live import state_of, tagged
 from test_watch import add, call, index
 
 TEST_EXT = BUILT_EXTENSIONS / "test-extension"
@@ -32,10 +33,6 @@ def trigger_jobs(d: Daemon, lib: str, ext_id: str) -> list[dict[str, Any]]:
 
 def trigger_info(d: Daemon, ext_id: str) -> dict[str, Any]:
     return d.sd_json("ext", "info", ext_id)["triggers"][0]  # type: ignore[no-any-return]
-
-
-def state_of(job: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(job["input"]["state_json"])  # type: ignore[no-any-return]
 
 
 def test_a_new_file_fires_the_job_and_bursts_coalesce(daemon: Daemon, tmpdir_short: Path) -> None:
@@ -117,14 +114,6 @@ def test_a_trigger_outside_the_granted_libraries_is_refused(daemon: Daemon,
     assert trigger_jobs(daemon, other, "narrow-ext") == []
     r = daemon.sd("ext", "info", "narrow-ext", check=True)
     assert "refused" in r.stdout and "no access to library" in r.stdout
-
-
-def tagged(d: Daemon, lib: str, tag: str = "duplicate") -> set[str]:
-    try:
-        page = call(d, "query:entries.list.v1", {"tag": tag, "limit": 1000}, lib)
-    except Exception:  # noqa: BLE001 - no such tag yet
-        return set()
-    return {e["path"] for e in page["entries"]}
 
 
 def test_the_duplicate_finder_tags_a_new_copy_as_it_lands(daemon: Daemon,
