@@ -19,6 +19,7 @@ import asyncio
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,15 @@ class BareReader:
         self._stop.set()
         self._thread.join(5)
         self._ino.close()
+
+
+async def _until(cond: Callable[[], bool], every: float, what: str) -> None:
+    """Poll ``cond``; a reader that missed an event fails the row instead of hanging it."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {TIMEOUT_S:.0f} s waiting for {what}")
+        await asyncio.sleep(every)
 
 
 def _p99(values: list[float]) -> float:
@@ -94,8 +104,7 @@ async def run(tmp: Path, *, singles: int, burst: int) -> Row:
                 os.close(fd)
                 t1 = await created(1)
                 lag.append(t1 - t0)
-                while name not in bare.seen:
-                    await asyncio.sleep(0.001)
+                await _until(lambda name=name: name in bare.seen, 0.001, f"the bare reader to see {name}")
                 bare_lag.append(bare.seen[name] - t0)
         finally:
             bare.close()
@@ -112,8 +121,8 @@ async def run(tmp: Path, *, singles: int, burst: int) -> Row:
             made_task = asyncio.create_task(asyncio.to_thread(make))
             t_index = await created(burst)
             t_made = await made_task
-            while len(bare.seen) < burst:
-                await asyncio.sleep(0.005)
+            await _until(lambda: len(bare.seen) >= burst, 0.005,
+                         f"the bare reader to see all {burst} files")
             t_bare = max(bare.seen.values())
         finally:
             bare.close()

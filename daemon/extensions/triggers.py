@@ -90,6 +90,7 @@ class TriggerService:
         self._firing: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._paused_file = plugins.plugin_dir / "triggers-paused.json"
+        self._paused: set[str] | None = None
         # Ids collected and not yet dispatched, kept across a stop or a kill -9.
         self._pending_file = plugins.plugin_dir / "triggers-pending.json"
 
@@ -141,17 +142,23 @@ class TriggerService:
 
     # --- pausing and reporting ---------------------------------------------------------------
     def paused(self) -> set[str]:
-        try:
-            return set(msgspec.json.decode(self._paused_file.read_bytes(), type=list[str]))
-        except (FileNotFoundError, msgspec.DecodeError):
-            return set()
+        """Extensions whose triggers are paused: read once (the daemon is the file's only
+        writer), then kept in memory; every entries event asks."""
+        if self._paused is None:
+            try:
+                self._paused = set(msgspec.json.decode(self._paused_file.read_bytes(),
+                                                       type=list[str]))
+            except (FileNotFoundError, msgspec.DecodeError):
+                self._paused = set()
+        return self._paused
 
     def set_paused(self, ext_id: str, paused: bool) -> None:
-        ids = self.paused()
+        ids = set(self.paused())
         (ids.add if paused else ids.discard)(ext_id)
         tmp = self._paused_file.with_suffix(".tmp")
         tmp.write_bytes(msgspec.json.encode(sorted(ids)))
         os.replace(tmp, self._paused_file)
+        self._paused = ids
         if paused:
             for key, slot in self._slots.items():
                 if key[0] == ext_id:

@@ -43,7 +43,6 @@ CAS_HEX_DIGITS = 16
 BATCH = 1024  # rows fetched (and cas_ids stored, and a checkpoint written) at a time
 _LE64 = struct.Struct("<Q").pack
 # O_NONBLOCK: opening a FIFO swapped in for a file must not wait for a writer.
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def sample_ranges(size: int) -> list[tuple[int, int]]:
@@ -234,7 +233,7 @@ class _DirFd:
                 self.close()
                 self.fd = fs.open_dir_nofollow(self.root, parent)
                 self.parent = parent
-            return os.open(name, _FILE_FLAGS, dir_fd=self.fd)
+            return os.open(name, fs.FILE_FLAGS, dir_fd=self.fd)
         except OSError as e:
             raise errors.NotFound(f"cannot open {rel}: {e.strerror}", {"path": rel}) from None
 

@@ -14,7 +14,7 @@ import stat
 from daemon import errors
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def kind_of(mode: int) -> str:
@@ -76,7 +76,7 @@ def open_file(root: str, rel: str) -> int:
     try:
         dfd = open_dir_nofollow(root, "/".join(parts[:-1]))
         try:
-            fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=dfd)
+            fd = os.open(parts[-1], FILE_FLAGS, dir_fd=dfd)
         finally:
             os.close(dfd)
     except OSError as e:
@@ -171,7 +171,7 @@ class Dirs:
         SdErrors."""
         parts = _components(rel)
         try:
-            fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=self._dir("/".join(parts[:-1])))
+            fd = os.open(parts[-1], FILE_FLAGS, dir_fd=self._dir("/".join(parts[:-1])))
         except OSError as e:
             raise _os_error(e, rel) from None
         st = os.fstat(fd)

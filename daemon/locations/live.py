@@ -138,8 +138,10 @@ def apply(conn: sqlite3.Connection, location_id: int, root: str, listed: Listed)
     removed = sweep(conn, location_id)
     with transaction(conn):
         # A directory's own mtime moves with its children; keep it as a rescan would see it.
-        conn.executemany("UPDATE entries SET mtime_ns = ? WHERE location_id = ? AND path = ? "
-                         "AND kind = 'dir'",
+        # Only where it moved: an UPDATE OF mtime_ns drops the parent's listing hash
+        # (migration 5's trigger) even when the value stays the same.
+        conn.executemany("UPDATE entries SET mtime_ns = ?1 WHERE location_id = ?2 AND path = ?3 "
+                         "AND kind = 'dir' AND mtime_ns != ?1",
                          [(m, location_id, rel) for rel, m in listed.mtimes.items()])
     after = _snapshot(conn, location_id, dirs)
     created, modified, moved = [], [], []

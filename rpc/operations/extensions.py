@@ -79,14 +79,14 @@ async def install(ctx: OpContext, inp: Install) -> ExtensionInfo:
 async def upgrade(ctx: OpContext, inp: Upgrade) -> ExtensionInfo:
     """Replace an installed extension with a newer version; its jobs continue on it."""
     manifest = await _pm(ctx).upgrade(Path(inp.path).expanduser(), force=inp.force)
-    return _pm(ctx).info(manifest.id)
+    return ctx.core.extension_info(manifest.id)
 
 
 @OPERATIONS.register("action:extensions.rollback.input.v1", ExtensionId, callers=CLIENTS_ONLY)
 async def rollback(ctx: OpContext, inp: ExtensionId) -> ExtensionInfo:
     """Go back to the version installed before the last upgrade (or rollback)."""
     await _pm(ctx).rollback(inp.id)
-    return _pm(ctx).info(inp.id)
+    return ctx.core.extension_info(inp.id)
 
 
 @OPERATIONS.register("action:extensions.load.input.v1", ExtensionId, callers=CLIENTS_ONLY)
