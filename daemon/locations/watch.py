@@ -504,10 +504,15 @@ class WatchService:
         ``entries.modified`` and ``entries.removed`` for those whose size or mtime it changed
         and those it removed (by the location's entries before and after), so that triggers
         see them too. Moves are not announced."""
-        def before(c: sqlite3.Connection) -> tuple[int, snapshot.Snapshot]:
+        def before(c: sqlite3.Connection) -> tuple[int, snapshot.Snapshot] | None:
+            if store.active_jobs(c, location_id, (INDEX_JOB,)):
+                return None  # no rescan will start: no entries to read
             max_id = int(c.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0])
             return max_id, snapshot.take(c, location_id)
-        max_id, seen = await lib.db.run(before)
+        taken = await lib.db.run(before)
+        if taken is None:
+            return None
+        max_id, seen = taken
         job_id = await request_rescan(lib, location_id, reason)
         if job_id is not None:
             self._announce[job_id] = (lib, location_id, max_id, seen)
