@@ -48,6 +48,7 @@ from daemon.events import (
     JobPaused,
 )
 from daemon.locations import INDEX_JOB, live, snapshot, store
+from daemon.locations.dispatch import dispatch_index
 from daemon.locations.fs import join
 
 if TYPE_CHECKING:
@@ -82,10 +83,7 @@ async def request_rescan(lib: Library, location_id: int, reason: str = "") -> st
     active = await lib.db.run(lambda c: store.active_jobs(c, location_id, (INDEX_JOB,)))
     if active:
         return None
-    job_id = await lib.jobs.dispatch_by_name(INDEX_JOB, {"location_id": location_id,
-                                                         "reason": reason})
-    await lib.db.run(lambda c: store.set_index_job(c, location_id, job_id))
-    return job_id
+    return await dispatch_index(lib, location_id, reason=reason)
 
 
 class LocationWatcher:

@@ -11,6 +11,7 @@ import msgspec
 
 from daemon import errors
 from daemon.locations import IDENTIFY_JOB, INDEX_JOB, store
+from daemon.locations.dispatch import dispatch_index
 from rpc.registry import OPERATIONS, Empty, OpContext
 
 if TYPE_CHECKING:
@@ -63,13 +64,6 @@ def _resolve(path: str) -> str:
     return real
 
 
-async def _dispatch_index(lib: Library, location_id: int, identify: bool) -> str:
-    job_id = await lib.jobs.dispatch_by_name(INDEX_JOB, {"location_id": location_id,
-                                                         "identify": identify})
-    await lib.db.run(lambda c: store.set_index_job(c, location_id, job_id))
-    return job_id
-
-
 @OPERATIONS.register("action:locations.add.input.v1", AddLocation, library=True,
                      explicit_grant=True)
 async def add(ctx: OpContext, inp: AddLocation) -> Added:
@@ -81,7 +75,7 @@ async def add(ctx: OpContext, inp: AddLocation) -> Added:
     if inp.watch:
         # Watched before the first walk, so nothing created during it is missed.
         await ctx.core.watches.start(lib, loc_id)
-    job_id = await _dispatch_index(lib, loc_id, inp.identify)
+    job_id = await dispatch_index(lib, loc_id, identify=inp.identify)
     return Added(await _described(ctx, lib, loc_id), job_id)
 
 
@@ -119,7 +113,7 @@ async def rescan(ctx: OpContext, inp: Rescan) -> Rescanned:
     active = await lib.db.run(lambda c: _active(c, inp.id, (INDEX_JOB,)))
     if active:
         return Rescanned(inp.id, active[0], True)
-    return Rescanned(inp.id, await _dispatch_index(lib, inp.id, inp.identify), False)
+    return Rescanned(inp.id, await dispatch_index(lib, inp.id, identify=inp.identify), False)
 
 
 @OPERATIONS.register("action:locations.remove.input.v1", LocationId, library=True)
