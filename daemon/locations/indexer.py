@@ -747,11 +747,7 @@ def finish_scan(conn: sqlite3.Connection, location_id: int, orphans: bool = True
     store.require_location(conn, location_id)
     removed = 0
     with transaction(conn):
-        for (path,) in conn.execute("SELECT path FROM entries WHERE location_id = ? AND missing = 1 "
-                                    "AND kind = 'dir'", (location_id,)).fetchall():
-            removed += _delete_subtree(conn, location_id, path)
-        removed += conn.execute("DELETE FROM entries WHERE location_id = ? AND missing = 1",
-                                (location_id,)).rowcount
+        removed += store.delete_missing(conn, location_id)
         # Entries whose directory is not stored (a row a subtree move's UPDATE OR IGNORE
         # left behind): found by their parent paths, each looked up once, not row by row.
         # The index is not named while another location's first walk has it deferred

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from daemon.libraries.db import transaction
-from daemon.locations import indexer
+from daemon.locations import indexer, store
 from daemon.locations.fs import join
 
 Warn = Callable[[str], None]
@@ -161,15 +161,5 @@ def sweep(conn: sqlite3.Connection, location_id: int) -> list[int]:
     """Delete entries marked missing, with the subtrees of directories; returns their ids."""
     removed: list[int] = []
     with transaction(conn):
-        rows = conn.execute("SELECT id, path, kind FROM entries WHERE location_id = ? "
-                            "AND missing = 1", (location_id,)).fetchall()
-        for entry_id, path, kind in rows:
-            removed.append(entry_id)
-            if kind == "dir":
-                sub = (location_id, path + "/", path + "0")  # see indexer._delete_subtree
-                removed += [r[0] for r in conn.execute(
-                    "SELECT id FROM entries WHERE location_id = ? AND path >= ? AND path < ?", sub)]
-                conn.execute("DELETE FROM entries WHERE location_id = ? AND path >= ? "
-                             "AND path < ?", sub)
-        conn.execute("DELETE FROM entries WHERE location_id = ? AND missing = 1", (location_id,))
-    return sorted(set(removed))
+        store.delete_missing(conn, location_id, removed)
+    return sorted(removed)

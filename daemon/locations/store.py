@@ -161,6 +161,30 @@ def delete_location(conn: sqlite3.Connection, location_id: int) -> int:
     return n
 
 
+def delete_missing(conn: sqlite3.Connection, location_id: int,
+                   ids: list[int] | None = None) -> int:
+    """Delete the location's entries marked missing, with the subtrees of missing
+    directories, in the caller's transaction; returns how many rows went (and adds their
+    ids to ``ids`` when given)."""
+    removed = 0
+    for (path,) in conn.execute("SELECT path FROM entries WHERE location_id = ? AND missing = 1 "
+                                "AND kind = 'dir'", (location_id,)).fetchall():
+        # '/' + 1 == '0': [path/, path0) is exactly the paths under path.
+        removed += _delete(conn, "DELETE FROM entries WHERE location_id = ? AND path >= ? "
+                           "AND path < ?", (location_id, path + "/", path + "0"), ids)
+    return removed + _delete(conn, "DELETE FROM entries WHERE location_id = ? AND missing = 1",
+                             (location_id,), ids)
+
+
+def _delete(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...],
+            ids: list[int] | None) -> int:
+    if ids is None:
+        return int(conn.execute(sql, args).rowcount)
+    gone = [r[0] for r in conn.execute(sql + " RETURNING id", args)]
+    ids.extend(gone)
+    return len(gone)
+
+
 # --- entries -----------------------------------------------------------------------------------
 _ENTRY_COLS = ("e.id, e.location_id, e.path, e.parent, e.name, e.extension, e.kind, e.size, "
                "e.mtime_ns, e.inode, e.cas_id, e.dev")
