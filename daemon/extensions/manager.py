@@ -17,7 +17,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import threading
@@ -43,6 +42,7 @@ from daemon.extensions.runtime import (
     check_module_abi,
     check_module_memory,
     job_export_ok,
+    module_sha256,
 )
 from daemon.extensions.stats import StatsBook, StatsView
 from daemon.extensions.triggers import TriggerInfo
@@ -284,15 +284,16 @@ class PluginManager:
         if len(wasm) > MAX_WASM_BYTES:
             raise errors.ExtensionError(f"{manifest.wasm_file} is larger than {MAX_WASM_BYTES} bytes")
         # Compile and check the ABI before anything is copied.
-        module, _ = await asyncio.to_thread(self.runtime.compile, wasm,
-                                             str(source / manifest.wasm_file))
-        check_module_abi(module, wasm)
-        check_module_memory(module, self._memory_bytes(manifest))
+        digest = module_sha256(wasm)
+        compiled = await asyncio.to_thread(self.runtime.compile, wasm,
+                                           str(source / manifest.wasm_file), digest)
+        check_module_abi(compiled.module, wasm)
+        check_module_memory(compiled.module, self._memory_bytes(manifest))
         dest = self.plugin_dir / manifest.id
         same = (dest / "manifest.json").exists() and \
             (dest / "manifest.json").read_bytes() == (source / "manifest.json").read_bytes() and \
             (dest / manifest.wasm_file).exists() and \
-            _digest((dest / manifest.wasm_file).read_bytes()) == _digest(wasm)
+            module_sha256((dest / manifest.wasm_file).read_bytes()) == digest
         if not same and manifest.id in self.installed():
             # Over an installed version: as `upgrade` does (the old one kept, jobs in flight
             # continue); an older version only through `upgrade --force`.
@@ -359,11 +360,13 @@ class PluginManager:
         m = plugin.manifest
         wasm = (plugin.directory / m.wasm_file).read_bytes()
         plugin.module_bytes = len(wasm)
-        plugin.module_sha256 = _digest(wasm)
-        module, cached = self.runtime.compile(wasm, str(plugin.directory / m.wasm_file))
+        plugin.module_sha256 = module_sha256(wasm)
+        compiled = self.runtime.compile(wasm, str(plugin.directory / m.wasm_file),
+                                        plugin.module_sha256)
+        module = compiled.module
         check_module_abi(module, wasm)
         check_module_memory(module, self._memory_bytes(m))
-        plugin.module, plugin.from_cache = module, cached
+        plugin.module, plugin.from_cache = module, compiled.from_cache
         plugin.policy = ExtensionPolicy(m, self.limits)
         env = self._env(plugin, "init")
         plugin.main = GuestInstance(self.runtime.engine, module, env,
@@ -632,8 +635,3 @@ def _read_source(source: Path) -> tuple[Path, Manifest]:
     if not source.is_dir():
         raise errors.ExtensionError(f"{source} is not an extension directory")
     return source, read_manifest(source)
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-

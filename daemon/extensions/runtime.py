@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -97,6 +98,11 @@ def verified_artifact(entry: bytes) -> bytes | None:
     return artifact
 
 
+def module_sha256(wasm: bytes) -> str:
+    """The hex SHA-256 of a module's bytes: its cache key and the hash `sd ext info` shows."""
+    return hashlib.sha256(wasm).hexdigest()
+
+
 def check_wasm_magic(wasm: bytes, name: str) -> None:
     if not wasm.startswith(WASM_MAGIC):
         raise ExtensionError(
@@ -113,6 +119,15 @@ def engine_config() -> wasmtime.Config:
     # Memories grow in place, never move: host functions keep their view (fastpath).
     config.memory_may_move = False
     return config
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """A compiled module, with the SHA-256 of its bytes (its cache key, computed once)."""
+
+    module: wasmtime.Module
+    sha256: str
+    from_cache: bool
 
 
 class WasmRuntime:
@@ -151,19 +166,21 @@ class WasmRuntime:
         self._stopped = True  # the ticker ends within a tick
         GUEST_CODE.wake()
 
-    def compile(self, wasm: bytes, name: str = "the module") -> tuple[wasmtime.Module, bool]:
-        """The compiled module and whether it came from the cache. Blocking."""
+    def compile(self, wasm: bytes, name: str = "the module",
+                sha256: str | None = None) -> Compiled:
+        """The compiled module, whether it came from the cache, and its SHA-256 (``sha256``
+        if the caller has it already: it must be ``module_sha256(wasm)``). Blocking."""
         check_wasm_magic(wasm, name)
-        key = hashlib.sha256(wasm).hexdigest()
+        key = sha256 or module_sha256(wasm)
         path = self.cache_dir / f"{key}-wasmtime{self._version}-epoch-fixedmem.cwasm"
         if path.exists():
             module = self._from_cache(path)
             if module is not None:
-                return module, True
+                return Compiled(module, key, True)
         tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
         if len(wasm) >= CHILD_COMPILE_MIN_BYTES:
             try:
-                return self._compile_in_child(wasm, tmp, path), False
+                return Compiled(self._compile_in_child(wasm, tmp, path), key, False)
             except ExtensionError:
                 raise
             except Exception as e:  # noqa: BLE001 - the in-process compiler still works
@@ -179,7 +196,7 @@ class WasmRuntime:
         except OSError as e:
             log.warning("cannot write module cache %s: %s", path, e)
             tmp.unlink(missing_ok=True)
-        return module, False
+        return Compiled(module, key, False)
 
     def _from_cache(self, path: Path) -> wasmtime.Module | None:
         """A verified cache entry, deserialized; None (entry removed) if it is damaged."""
