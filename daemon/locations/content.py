@@ -20,7 +20,6 @@ is the trade Spacedrive makes too (identity, not integrity).
 from __future__ import annotations
 
 import os
-import stat
 import struct
 import time
 from concurrent.futures import Future
@@ -42,7 +41,6 @@ SAMPLES = 4
 CAS_HEX_DIGITS = 16
 BATCH = 1024  # rows fetched (and cas_ids stored, and a checkpoint written) at a time
 _LE64 = struct.Struct("<Q").pack
-# O_NONBLOCK: opening a FIFO swapped in for a file must not wait for a writer.
 
 
 def sample_ranges(size: int) -> list[tuple[int, int]]:
@@ -108,7 +106,7 @@ def identify(ctx: JobContext, location_id: int, state: dict[str, Any],
                  "total": db.run_sync(lambda c: store.count_unhashed(c, location_id))}
     total = max(int(state["total"]), 1)
     t0 = time.monotonic()
-    dirs = _DirFd(root)
+    dirs = fs.Dirs(root, keep=1)  # rows in id order come a directory at a time
 
     def fetch(after: int) -> Future[list[tuple[int, str, int, int]]]:
         return db.submit(partial(store.unhashed_files, location_id=location_id, after=after,
@@ -176,7 +174,7 @@ class _Batch:
         self.last_id = last_id
 
 
-def _hash_batch(rows: list[tuple[int, str, int, int]], dirs: _DirFd,
+def _hash_batch(rows: list[tuple[int, str, int, int]], dirs: fs.Dirs,
                 ctx: JobContext) -> _Batch:
     batch = _Batch(rows[-1][0])
     done = batch.done
@@ -192,17 +190,18 @@ def _hash_batch(rows: list[tuple[int, str, int, int]], dirs: _DirFd,
     return batch
 
 
-def _hash_one(dirs: _DirFd, path: str, size: int, mtime_ns: int
+def _hash_one(dirs: fs.Dirs, path: str, size: int, mtime_ns: int
               ) -> tuple[str | None, int, str | None]:
     """(cas_id, bytes read, None) if the file is still the regular file that was indexed;
     else (None, 0, a warning, or None when the next rescan catches up anyway)."""
     try:
-        fd = dirs.open_file(path)
+        fd, st = dirs.open_file(path)  # refuses what is no longer a regular file
     except errors.SdError:
         return None, 0, None
+    except OSError as e:  # its fstat
+        return None, 0, f"cannot hash {path}: {e}"
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size != size or st.st_mtime_ns != mtime_ns:
+        if st.st_size != size or st.st_mtime_ns != mtime_ns:
             return None, 0, None
         cas, n = cas_id_of_fd(fd, size)
     except (OSError, errors.SdError) as e:
@@ -210,37 +209,6 @@ def _hash_one(dirs: _DirFd, path: str, size: int, mtime_ns: int
     finally:
         os.close(fd)
     return cas, n, None
-
-
-class _DirFd:
-    """Opens files of a location through the fd of their directory (opened like
-    ``fs.open_dir_nofollow``: no symlink followed), keeping the last one open: rows in
-    id order come a directory at a time."""
-
-    def __init__(self, root: str) -> None:
-        self.root = root
-        self.parent: str | None = None
-        self.fd = -1
-
-    def open_file(self, rel: str) -> int:
-        """An fd on ``rel`` (``O_NOFOLLOW``; the caller checks it is a regular file)."""
-        slash = rel.rfind("/")
-        parent, name = (rel[:slash], rel[slash + 1:]) if slash >= 0 else ("", rel)
-        if not name or name in (".", ".."):
-            raise errors.InvalidParams(f"bad relative path {rel!r}")
-        try:
-            if parent != self.parent:
-                self.close()
-                self.fd = fs.open_dir_nofollow(self.root, parent)
-                self.parent = parent
-            return os.open(name, fs.FILE_FLAGS, dir_fd=self.fd)
-        except OSError as e:
-            raise errors.NotFound(f"cannot open {rel}: {e.strerror}", {"path": rel}) from None
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-        self.fd, self.parent = -1, None
 
 
 def _store_cas(conn: Any, location_id: int, done: list[tuple[str, int, int, int]]) -> None:

@@ -14,6 +14,7 @@ import stat
 from daemon import errors
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO swapped in for a file must not wait for a writer.
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -45,9 +46,19 @@ def parent_of(path: str) -> str:
 
 def _components(rel: str) -> list[str]:
     parts = rel.split("/")
-    if not rel or any(p in ("", ".", "..") for p in parts):
+    if not rel or "" in parts or "." in parts or ".." in parts:
         raise errors.InvalidParams(f"bad relative path {rel!r}")
     return parts
+
+
+def _split(rel: str) -> tuple[str, str]:
+    """(parent, name) of a relative path, checked as ``_components`` does (a component
+    is empty, '.' or '..' exactly where the padded path holds '//', '/./' or '/../')."""
+    padded = f"/{rel}/"
+    if not rel or "//" in padded or "/./" in padded or "/../" in padded:
+        raise errors.InvalidParams(f"bad relative path {rel!r}")
+    parent, _, name = rel.rpartition("/")
+    return parent, name
 
 
 def open_dir_nofollow(root: str, rel: str) -> int:
@@ -145,36 +156,44 @@ class OpenFiles:
 
 class Dirs:
     """Directory fds of one location, each opened once (like ``open_dir_nofollow``), for
-    stat-ing and opening many files in few system calls. ``close`` when done."""
+    stat-ing and opening many files in few system calls. With ``keep``, at most that many
+    stay open, the oldest closed first (files taken a directory at a time need one).
+    ``close`` when done."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, keep: int = 0) -> None:
         self.root = root
+        self.keep = keep
         self._fds: dict[str, int] = {}
 
     def _dir(self, parent: str) -> int:
         fd = self._fds.get(parent)
         if fd is None:
+            if self.keep and len(self._fds) >= self.keep:
+                os.close(self._fds.pop(next(iter(self._fds))))
             fd = self._fds[parent] = open_dir_nofollow(self.root, parent)
         return fd
 
     def lstat(self, rel: str) -> os.stat_result:
         """The file's own status (never a symlink's target). Raises SdErrors."""
-        parts = _components(rel)
+        parent, name = _split(rel)
         try:
-            return os.stat(parts[-1], dir_fd=self._dir("/".join(parts[:-1])),
-                           follow_symlinks=False)
+            return os.stat(name, dir_fd=self._dir(parent), follow_symlinks=False)
         except OSError as e:
             raise _os_error(e, rel) from None
 
     def open_file(self, rel: str) -> tuple[int, os.stat_result]:
         """Like ``open_file``: an fd on the regular file ``rel``, and its status. Raises
         SdErrors."""
-        parts = _components(rel)
+        parent, name = _split(rel)
         try:
-            fd = os.open(parts[-1], FILE_FLAGS, dir_fd=self._dir("/".join(parts[:-1])))
+            fd = os.open(name, FILE_FLAGS, dir_fd=self._dir(parent))
         except OSError as e:
             raise _os_error(e, rel) from None
-        st = os.fstat(fd)
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise errors.InvalidState(f"{rel} is not a regular file (it is a {kind_of(st.st_mode)})")
