@@ -11,8 +11,8 @@ PREFIX ?= /opt/sd
 
 setup: $(STAMP)
 
-# Re-installs only when pyproject.toml changes.
-$(STAMP): pyproject.toml
+# Re-installs (and compiles daemon/locations/_listdir.c) only when one of these changes.
+$(STAMP): pyproject.toml setup.py daemon/locations/_listdir.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
 	touch $(STAMP)

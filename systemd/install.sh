@@ -68,9 +68,10 @@ do_install() {
     # From a copy of the sources: a build in the checkout would leave root-owned files.
     local src
     src="$(mktemp -d)"
-    cp -r "$ROOT/pyproject.toml" "$ROOT/daemon" "$ROOT/rpc" "$src/"
+    cp -r "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT/daemon" "$ROOT/rpc" "$src/"
     cp "$ROOT/README.md" "$src/" 2>/dev/null || touch "$src/README.md"
     find "$src" -name __pycache__ -prune -exec rm -rf {} +
+    find "$src" -name '*.so' -delete  # compiled again for the service's Python (setup.py)
     "$SERVICE_PYTHON" -m venv --clear "$PREFIX/venv"
     "$PREFIX/venv/bin/pip" install -q --disable-pip-version-check "$src"
     rm -rf "$src"

@@ -61,15 +61,14 @@ import msgspec
 from daemon import errors
 from daemon.jobs.context import Interrupt, Interrupted, JobContext
 from daemon.libraries import deferred
-from daemon.libraries.db import transaction
-from daemon.locations import content, store
+from daemon.libraries.db import Database, transaction
+from daemon.locations import _listdir, content, store
 from daemon.locations.fs import join
 
 FLUSH_EVERY_S = 5.0
 PROGRESS_EVERY_S = 1.0
 WALK_CACHE_KIB_NEG = -64 * 1024  # PRAGMA cache_size in KiB (negative) during a walk
 WALK_CHECKPOINT_PAGES = 16_384  # PRAGMA wal_autocheckpoint during a walk (64 MiB of WAL)
-_S_IFMT, _S_IFREG, _S_IFDIR, _S_IFLNK = 0o170000, 0o100000, 0o040000, 0o120000
 # An index job that inserted, moved or removed this many entries refreshes the planner's
 # statistics (ANALYZE with a sampling limit: milliseconds).
 ANALYZE_AFTER_CHANGES = 1000
@@ -201,7 +200,12 @@ def index_job(ctx: JobContext, inp: IndexInput) -> dict[str, Any]:
             if walker.bulk:  # before the sweep, which uses them; with the walk's cache
                 _restore(ctx)
         finally:
-            db.run_sync(_default_settings)
+            db.run_sync(_default_cache)
+            # The WAL the walk grew is copied into the database file by a thread of its
+            # own, and only then may a commit checkpoint again: the sweep's and the job's
+            # own commits would otherwise copy it inline, on the way to the job's end.
+            threading.Thread(target=_checkpoint_then_default, args=(db,),
+                             name="wal-checkpoint", daemon=True).start()
         deferred_n = walker.deferred
         orphans = walker.moves
         state["phase"] = "sweep"
@@ -276,9 +280,17 @@ def _walk_settings(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA wal_autocheckpoint={WALK_CHECKPOINT_PAGES}")
 
 
-def _default_settings(conn: sqlite3.Connection) -> None:
+def _default_cache(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA cache_size=-2000")
-    conn.execute("PRAGMA wal_autocheckpoint=1000")
+
+
+def _checkpoint_then_default(db: Database) -> None:
+    """A passive checkpoint of the walk's WAL, then commits checkpoint as usual again."""
+    _checkpoint_wal(db.path)
+    try:
+        db.submit(lambda c: c.execute("PRAGMA wal_autocheckpoint=1000"))
+    except (errors.LibraryUnavailable, RuntimeError):
+        pass  # closed meanwhile (shutdown, deleted): the next open starts with the default
 
 
 def _guard(ctx: JobContext, fn: Callable[[], T]) -> T:
@@ -421,7 +433,13 @@ class Walker:
                                  f"indexed {seen} entries, {to_go} directories to go")
 
     def list_dir(self, rel: str) -> Listing:
-        return list_directory(self.root, rel, self.ctx.add_warning, self.stack)
+        subdirs: list[str] = []
+        listing = list_directory(self.root, rel, self.ctx.add_warning, subdirs)
+        # Walked in path order (the stack pops the smallest first): rows then arrive in the
+        # order of the path and parent indexes, so inserting them appends to those indexes.
+        subdirs.sort(reverse=True)
+        self.stack += subdirs
+        return listing
 
 
 def list_directory(root: str, rel: str, warn: Callable[[str], None],
@@ -440,44 +458,19 @@ def list_directory(root: str, rel: str, warn: Callable[[str], None],
             return GONE
         warn(f"cannot read directory {rel}: {e.strerror}")
         return None
-    children: list[Child] = []
-    add = children.append
-    failed = 0
     try:
-        with os.scandir(fd) as it:
-            for de in it:
-                name = de.name
-                if not name.isascii() and not _utf8(name):
-                    warn(f"skipped a name that is not UTF-8 in {rel or '.'}: "
-                         f"{name.encode('utf-8', 'backslashreplace')!r}")
-                    continue
-                try:
-                    st = de.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                except OSError:
-                    failed += 1
-                    continue
-                fmt = st.st_mode & _S_IFMT
-                if fmt == _S_IFREG:
-                    dot = name.rfind(".")
-                    add((name, "file", st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino,
-                         name[dot + 1:].lower() if dot > 0 else ""))
-                    continue
-                if fmt == _S_IFDIR:
-                    kind, size = "dir", 0
-                    subdirs.append(join(rel, name))
-                elif fmt == _S_IFLNK:
-                    kind, size = "symlink", st.st_size
-                    check_link(root, rel, name, warn)
-                else:
-                    kind, size = "other", st.st_size
-                add((name, kind, size, st.st_mtime_ns, st.st_dev, st.st_ino, ""))
+        children, dirs, links, bad, failed = _listdir.listdir(fd)
     except OSError as e:
         warn(f"cannot read directory {rel or '.'}: {e.strerror}")
         return None
     finally:
         os.close(fd)
+    for raw in bad:
+        warn(f"skipped a name that is not UTF-8 in {rel or '.'}: "
+             f"{os.fsdecode(raw).encode('utf-8', 'backslashreplace')!r}")
+    subdirs += [join(rel, name) for name in dirs]
+    for name in links:
+        check_link(root, rel, name, warn)
     if failed:
         # Names we could list but not stat: keep the directory's stored children.
         warn(f"cannot read directory {rel or '.'}: {failed} entries could not be examined")
@@ -499,14 +492,6 @@ def check_link(root: str, rel: str, name: str, warn: Callable[[str], None]) -> N
     if here == target or here.startswith(target.rstrip("/") + "/"):
         warn(f"symlink loop at {join(rel, name)} -> {os.readlink(link)} "
              f"(points at its own ancestor; not followed)")
-
-
-def _utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 # --- database side ----------------------------------------------------------------------------
@@ -654,9 +639,11 @@ def apply_first_walk(conn: sqlite3.Connection, location_id: int, root: str,
     # The location's row was just read on this thread, which nothing else writes
     # in between: the per-row foreign key lookup would only find it again.
     conn.execute("PRAGMA foreign_keys=OFF")
+    conn.execute("PRAGMA ignore_check_constraints=ON")
     try:
         return _insert_listings(conn, location_id, batch)
     finally:
+        conn.execute("PRAGMA ignore_check_constraints=OFF")
         conn.execute("PRAGMA foreign_keys=ON")
 
 

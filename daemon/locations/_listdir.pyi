@@ -1,0 +1,3 @@
+# Stub of the C module daemon/locations/_listdir.c (see there).
+def listdir(fd: int, /) -> tuple[list[tuple[str, str, int, int, int, int, str]], list[str],
+                                 list[str], list[bytes], int]: ...
