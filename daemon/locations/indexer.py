@@ -384,7 +384,8 @@ class Walker:
             self.bulk = True
             self.deferred = sum(1 for n in names if n not in DEFER_TRIGGERS)
         if self.bulk:
-            fut = db.submit(lambda conn: apply_first_walk(conn, loc, root, batch))
+            prepared = prepare_first_walk(batch)
+            fut = db.submit(lambda conn: apply_first_walk(conn, loc, root, batch, prepared))
         else:
             fut = db.submit(lambda conn: apply_batch(conn, loc, root, batch, moves))
         self.inflight = (fut, list(self.stack), batch)
@@ -504,18 +505,17 @@ class Applied(NamedTuple):
 # Rows go in as multi-row VALUES statements of a few fixed sizes (each prepared once):
 # SQLite works without the GIL while it runs one, and binding a row's values costs less
 # than any per-row statement or a JSON document to take apart. A row is a listed child
-# with its directory in front: (parent, name, kind, size, mtime_ns, dev, inode, extension).
-_ROW_WIDTH = 8
+# with its directory in front and its path behind:
+# (parent, name, kind, size, mtime_ns, dev, inode, extension, path).
+_ROW_WIDTH = 9
 _CHUNKS = (1024, 256, 64, 16, 4, 1)
 
 
 @functools.cache
 def _insert_sql(location_id: int, rows: int) -> str:
     return ("INSERT INTO entries (location_id, parent, name, kind, size, mtime_ns, dev, inode, "
-            f"extension, path) SELECT {int(location_id)}, column1, column2, column3, column4, "
-            "column5, column6, column7, column8, iif(column1 = '', column2, "
-            "column1 || '/' || column2) FROM (VALUES "
-            + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows) + ")")
+            "extension, path) VALUES "
+            + ", ".join([f"({int(location_id)}, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows))
 
 
 @functools.cache
@@ -557,8 +557,13 @@ def _insert(conn: sqlite3.Connection, location_id: int, flat: list[Any]) -> int:
 
 def _rows(parent: str, children: list[Child], out: list[Any]) -> None:
     add = out.extend
-    for ch in children:
-        add((parent, *ch))
+    if parent:
+        under = parent + "/"
+        for ch in children:
+            add((parent, *ch, under + ch[NAME]))
+    else:
+        for ch in children:
+            add((parent, *ch, ch[NAME]))
 
 
 def apply_batch(conn: sqlite3.Connection, location_id: int, root: str,
@@ -618,9 +623,32 @@ def apply_batch(conn: sqlite3.Connection, location_id: int, root: str,
     return Applied(inserted, updated, moved)
 
 
+class Prepared(NamedTuple):
+    """A first walk's batch as rows to insert, made on the walk's thread (which has time
+    to spare) rather than the database's."""
+    rows: list[Any]  # flat, _ROW_WIDTH values a row
+    hashes: list[Any]  # flat (directory, hash of its listing) pairs
+    gone: list[str]  # directories that vanished before they were listed
+
+
+def prepare_first_walk(batch: list[Listed]) -> Prepared:
+    rows: list[Any] = []
+    hashes: list[Any] = []
+    gone: list[str] = []
+    for parent, listing, digest, _ in batch:
+        if listing is GONE:
+            if parent:
+                gone.append(parent)
+        elif listing is not None:
+            _rows(parent, listing, rows)
+            hashes += (parent, digest)
+    return Prepared(rows, hashes, gone)
+
+
 def apply_first_walk(conn: sqlite3.Connection, location_id: int, root: str,
-                     batch: list[Listed]) -> Applied:
-    """``apply_batch`` for a first walk while the entries' indexes are deferred.
+                     batch: list[Listed], prepared: Prepared) -> Applied:
+    """``apply_batch`` for a first walk while the entries' indexes are deferred
+    (``prepared`` is ``prepare_first_walk(batch)``).
 
     A first walk lists each directory once and nothing else writes the location while an
     indexer job runs (the live watcher waits), so a listed directory has no stored
@@ -637,32 +665,24 @@ def apply_first_walk(conn: sqlite3.Connection, location_id: int, root: str,
     if stored:
         return apply_batch(conn, location_id, root, batch, False)
     # The location's row was just read on this thread, which nothing else writes
-    # in between: the per-row foreign key lookup would only find it again.
+    # in between: the per-row foreign key lookup would only find it again. The kinds
+    # are the listing's own four, which the CHECK on kind would only confirm.
     conn.execute("PRAGMA foreign_keys=OFF")
     conn.execute("PRAGMA ignore_check_constraints=ON")
     try:
-        return _insert_listings(conn, location_id, batch)
+        with transaction(conn):
+            inserted = _insert(conn, location_id, prepared.rows)
+            # After the rows: a directory that vanished may have been listed by its
+            # parent in this very batch.
+            for parent in prepared.gone:
+                conn.execute("UPDATE entries SET missing = 1 WHERE location_id = ? AND path = ?",
+                             (location_id, parent))
+            # After the rows: inserting a child drops its directory's hash (the triggers).
+            _chunked(conn, _listings_sql, location_id, prepared.hashes, 2)
+        return Applied(inserted, 0, 0)
     finally:
         conn.execute("PRAGMA ignore_check_constraints=OFF")
         conn.execute("PRAGMA foreign_keys=ON")
-
-
-def _insert_listings(conn: sqlite3.Connection, location_id: int, batch: list[Listed]) -> Applied:
-    flat: list[Any] = []
-    hashes: list[Any] = []
-    with transaction(conn):
-        for parent, listing, digest, _ in batch:
-            if listing is GONE:
-                if parent:
-                    conn.execute("UPDATE entries SET missing = 1 WHERE location_id = ? AND path = ?",
-                                 (location_id, parent))
-            elif listing is not None:
-                _rows(parent, listing, flat)
-                hashes += (parent, digest)
-        inserted = _insert(conn, location_id, flat)
-        # After the rows: inserting a child drops its directory's hash (the triggers).
-        _chunked(conn, _listings_sql, location_id, hashes, 2)
-    return Applied(inserted, 0, 0)
 
 
 def _moves(conn: sqlite3.Connection, location_id: int, root: str, parent: str,
