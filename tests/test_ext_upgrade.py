@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -273,3 +274,58 @@ def test_queued_jobs_run_on_the_new_version(tmpdir_short: Path) -> None:
     finally:
         if d.proc is not None and d.proc.poll() is None:
             d.stop()
+
+
+def _pinger(src: Path, version: str, init_code: int = 0) -> Path:
+    """An extension whose plugin_init pings the host once (a call its stats count) and
+    returns ``init_code``; its module holds its version, so each version's bytes differ."""
+    from wasm_guests import data, module
+
+    ping = "query:test.ping.v1"
+    wat = module(data(16, ping) + data(64, "{}") + data(128, f"pinger {version}")
+                 + '(func (export "plugin_init") (result i32) (drop (call $call (i32.const 16) '
+                 f'(i32.const {len(ping)}) (i32.const 0) (i32.const 64) (i32.const 2))) '
+                 f'(i32.const {init_code}))', ("call",))
+    return make_extension(src / version, "pinger", wat, version=version)
+
+
+def test_a_version_is_compiled_and_initialised_once(daemon: Daemon, tmpdir_short: Path) -> None:
+    """Installing, installing over a loaded version, upgrading and rolling back each compile
+    the module once and run its plugin_init once: the load that validates the new version
+    before the swap is the one that serves, so the stats count one init's calls. A version
+    whose plugin_init fails is still refused, the one before it still loaded."""
+    d = daemon
+    src = tmpdir_short / "src"
+
+    def inits() -> int:
+        calls = d.sd_json("ext", "stats", "pinger")[0]["since_start"]["calls"]
+        return int(calls.get("query:test.ping.v1", 0))
+
+    def sha(v: Path) -> str:
+        return hashlib.sha256((v / "pinger.wasm").read_bytes()).hexdigest()
+
+    def compiles(v: Path) -> int:  # the runtime's debug line for each compile or cache load
+        return d.log().count(f"module {sha(v)[:16]} (")
+
+    v1, v2, v3 = (_pinger(src, v) for v in ("0.0.1", "0.0.2", "0.0.3"))
+    d.sd("ext", "install", str(v1), check=True)
+    assert (inits(), compiles(v1)) == (1, 1)
+    d.sd("ext", "install", str(v2), check=True)  # over the loaded 0.0.1
+    assert (inits(), compiles(v2)) == (2, 1)
+    d.sd("ext", "upgrade", str(v3), check=True)
+    assert (inits(), compiles(v3)) == (3, 1)
+    d.sd("ext", "rollback", "pinger", check=True)
+    assert (inits(), compiles(v2)) == (4, 2)
+    ext = d.sd_json("ext", "info", "pinger")
+    assert (ext["state"], ext["manifest"]["version"]) == ("loaded", "0.0.2")
+    assert ext["module_sha256"] == sha(v2) and ext["previous_version"] == "0.0.3"
+    installed = d.data_dir / "extensions" / "pinger" / "pinger.wasm"
+    assert installed.read_bytes() == (v2 / "pinger.wasm").read_bytes()
+
+    bad = _pinger(src, "0.0.4", init_code=1)
+    r = d.sd("ext", "install", str(bad))
+    assert r.returncode != 0 and "plugin_init of pinger returned 1" in r.stderr, r.stderr
+    ext = d.sd_json("ext", "info", "pinger")
+    assert (ext["state"], ext["manifest"]["version"]) == ("loaded", "0.0.2")
+    assert ext["module_sha256"] == sha(v2) and ext["previous_version"] == "0.0.3"
+    assert installed.read_bytes() == (v2 / "pinger.wasm").read_bytes()

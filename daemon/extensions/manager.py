@@ -38,6 +38,7 @@ from daemon.extensions.instance import GuestInstance
 from daemon.extensions.manifest import Manifest, read_manifest
 from daemon.extensions.policy import ExtensionPolicy
 from daemon.extensions.runtime import (
+    Compiled,
     WasmRuntime,
     check_module_abi,
     check_module_memory,
@@ -88,6 +89,16 @@ class ExtensionInfo(msgspec.Struct):
     triggers: list[TriggerInfo] = []  # filled by the trigger service (``Core.extension_info``)
     module_sha256: str | None = None
     previous_version: str | None = None  # kept on disk for `sd ext rollback`
+
+
+@dataclass(frozen=True, eq=False)
+class Checked:
+    """A module compiled (or taken from the cache) and checked against the ABI and its
+    memory limit: an install compiles once and passes this on to the load."""
+
+    wasm: bytes
+    compiled: Compiled
+    seconds: float  # spent compiling and checking
 
 
 @dataclass(eq=False)
@@ -149,19 +160,21 @@ class PluginManager:
         self._stats_saver = asyncio.create_task(self._save_stats_regularly())
         await asyncio.to_thread(recover, self.plugin_dir)
         wanted = set(self._read_loaded())
+        checked: dict[str, Checked] = {}  # the bundled ones, compiled by their install
         if bundled is not None and bundled.is_dir():
             for d in sorted(bundled.iterdir()):
                 if (d / "manifest.json").exists():
                     try:
                         if self._newer_installed(d):
                             continue  # an upgrade is not undone by the bundled copy
-                        m = await self.install(d, load=False)
+                        m, c = await self._install(d, load=False)
+                        checked[m.id] = c
                         wanted.add(m.id)
                     except errors.SdError as e:
                         log.error("bundled extension %s: %s", d.name, e.message)
         for ext_id in sorted(wanted):
             try:
-                await self.load_plugin(ext_id)
+                await self.load_plugin(ext_id, checked.pop(ext_id, None))
             except errors.SdError as e:
                 log.error("extension %s failed to load: %s", ext_id, e.message)
 
@@ -279,21 +292,23 @@ class PluginManager:
         ``.wasm`` file with a manifest.json beside it. The same content already
         installed is left as it is.
         """
+        manifest, _ = await self._install(source, load=load)
+        return manifest
+
+    async def _install(self, source: Path, *, load: bool) -> tuple[Manifest, Checked]:
+        """``install``, which also returns the module it compiled (for a later load)."""
         source, manifest = _read_source(source)
         wasm = (source / manifest.wasm_file).read_bytes()
         if len(wasm) > MAX_WASM_BYTES:
             raise errors.ExtensionError(f"{manifest.wasm_file} is larger than {MAX_WASM_BYTES} bytes")
-        # Compile and check the ABI before anything is copied.
-        digest = module_sha256(wasm)
-        compiled = await asyncio.to_thread(self.runtime.compile, wasm,
-                                           str(source / manifest.wasm_file), digest)
-        check_module_abi(compiled.module, wasm)
-        check_module_memory(compiled.module, self._memory_bytes(manifest))
+        # Compile and check the ABI before anything is copied; the load uses that module.
+        checked = await asyncio.to_thread(self._check, wasm, str(source / manifest.wasm_file),
+                                          manifest)
         dest = self.plugin_dir / manifest.id
         same = (dest / "manifest.json").exists() and \
             (dest / "manifest.json").read_bytes() == (source / "manifest.json").read_bytes() and \
             (dest / manifest.wasm_file).exists() and \
-            module_sha256((dest / manifest.wasm_file).read_bytes()) == digest
+            module_sha256((dest / manifest.wasm_file).read_bytes()) == checked.compiled.sha256
         if not same and manifest.id in self.installed():
             # Over an installed version: as `upgrade` does (the old one kept, jobs in flight
             # continue); an older version only through `upgrade --force`.
@@ -304,26 +319,32 @@ class PluginManager:
                     f"{manifest.id} {manifest.version} is older than the installed "
                     f"{current.version}; use `sd ext upgrade --force` to go back to it")
             if load:
-                await self._replace(manifest, source, f"install {manifest.version}")
-                return manifest
+                await self._replace(manifest, source, f"install {manifest.version}", checked)
+                return manifest, checked
             async with self._lock:
                 was_loaded = self._plugins.get(manifest.id)
             if was_loaded is not None:
                 await self.unload_plugin(manifest.id, remember=False, reason="upgrade")
-            await asyncio.to_thread(swap_in, self.plugin_dir, manifest.id, source,
-                                    ["manifest.json", manifest.wasm_file])
+            await self._swap_in(manifest, source, checked)
             log.info("installed extension %s %s (the version before it is kept)",
                      manifest.id, manifest.version)
         elif not same:
-            await asyncio.to_thread(swap_in, self.plugin_dir, manifest.id, source,
-                                    ["manifest.json", manifest.wasm_file])
+            await self._swap_in(manifest, source, checked)
             log.info("installed extension %s %s", manifest.id, manifest.version)
         if load:
-            await self.load_plugin(manifest.id)
-        return manifest
+            await self.load_plugin(manifest.id, checked)
+        return manifest, checked
 
-    async def load_plugin(self, ext_id: str) -> None:
-        """Compile (or take from the cache), instantiate, and run ``plugin_init``."""
+    async def _swap_in(self, manifest: Manifest, source: Path, checked: Checked) -> None:
+        """Make ``source`` the installed version, with the module bytes that were checked."""
+        await asyncio.to_thread(swap_in, self.plugin_dir, manifest.id, source,
+                                ["manifest.json", manifest.wasm_file],
+                                {manifest.wasm_file: checked.wasm})
+
+    async def load_plugin(self, ext_id: str, checked: Checked | None = None) -> None:
+        """Compile (or take from the cache), instantiate, and run ``plugin_init``.
+
+        ``checked``: the installed module, already compiled and checked by its install."""
         async with self._lock:
             current = self._plugins.get(ext_id)
             if current is not None and current.state == "loaded":
@@ -337,36 +358,54 @@ class PluginManager:
                     f"manifest in {directory} has id {manifest.id!r}, not {ext_id!r}")
             plugin = Plugin(manifest, directory)
             try:
-                await asyncio.to_thread(self._load_blocking, plugin)
+                await asyncio.to_thread(self._load_blocking, plugin, checked)
             except errors.SdError as e:
                 plugin.state, plugin.error = "failed", e.message
                 self._plugins[ext_id] = plugin
                 self._bus.publish(ExtensionFailed(extension_id=ext_id, error=e.message))
                 log.error("extension %s failed to load: %s", ext_id, e.message)
                 raise
-            self._saw_jobs(ext_id, plugin.jobs)
-            plugin.gate = asyncio.Semaphore(min(
-                manifest.permissions.rate_limits.concurrent_jobs, self.limits.concurrent_jobs))
-            self._plugins[ext_id] = plugin
-            self._remember(ext_id, True)
-            log.info("extension %s %s loaded (%d jobs, %.1f ms%s)", ext_id, manifest.version,
-                     len(plugin.jobs), plugin.load_ms or 0, ", cached" if plugin.from_cache else "")
-            self._bus.publish(ExtensionLoaded(extension_id=ext_id, version=manifest.version))
+            self._register(plugin)
         if self._on_loaded is not None:
             await self._on_loaded(ext_id)
 
-    def _load_blocking(self, plugin: Plugin) -> None:
+    def _register(self, plugin: Plugin) -> None:
+        """Make ``plugin`` (its ``plugin_init`` done) the loaded one. Under ``self._lock``."""
+        ext_id, manifest = plugin.manifest.id, plugin.manifest
+        self._saw_jobs(ext_id, plugin.jobs)
+        plugin.gate = asyncio.Semaphore(min(
+            manifest.permissions.rate_limits.concurrent_jobs, self.limits.concurrent_jobs))
+        self._plugins[ext_id] = plugin
+        self._remember(ext_id, True)
+        log.info("extension %s %s loaded (%d jobs, %.1f ms%s)", ext_id, manifest.version,
+                 len(plugin.jobs), plugin.load_ms or 0, ", cached" if plugin.from_cache else "")
+        self._bus.publish(ExtensionLoaded(extension_id=ext_id, version=manifest.version))
+
+    def _check(self, wasm: bytes, name: str, manifest: Manifest,
+               sha256: str | None = None) -> Checked:
+        """Compile (or take from the cache) and check a module. Blocking."""
+        t0 = time.perf_counter()
+        compiled = self.runtime.compile(wasm, name, sha256)
+        check_module_abi(compiled.module, wasm)
+        check_module_memory(compiled.module, self._memory_bytes(manifest))
+        return Checked(wasm, compiled, time.perf_counter() - t0)
+
+    def _load_blocking(self, plugin: Plugin, checked: Checked | None = None) -> Checked:
+        """Compile and check the plugin's module (unless ``checked`` is it), instantiate it
+        and run ``plugin_init``. Returns the checked module."""
         t0 = time.perf_counter()
         m = plugin.manifest
-        wasm = (plugin.directory / m.wasm_file).read_bytes()
-        plugin.module_bytes = len(wasm)
-        plugin.module_sha256 = module_sha256(wasm)
-        compiled = self.runtime.compile(wasm, str(plugin.directory / m.wasm_file),
-                                        plugin.module_sha256)
-        module = compiled.module
-        check_module_abi(module, wasm)
-        check_module_memory(module, self._memory_bytes(m))
-        plugin.module, plugin.from_cache = module, compiled.from_cache
+        if checked is None:
+            path = plugin.directory / m.wasm_file
+            wasm = path.read_bytes()
+            plugin.module_bytes = len(wasm)  # shown for a module that fails to compile too
+            plugin.module_sha256 = module_sha256(wasm)
+            checked = self._check(wasm, str(path), m, plugin.module_sha256)
+        else:
+            t0 -= checked.seconds
+        module = checked.compiled.module
+        plugin.module_bytes, plugin.module_sha256 = len(checked.wasm), checked.compiled.sha256
+        plugin.module, plugin.from_cache = module, checked.compiled.from_cache
         plugin.policy = ExtensionPolicy(m, self.limits)
         env = self._env(plugin, "init")
         plugin.main = GuestInstance(self.runtime.engine, module, env,
@@ -389,6 +428,7 @@ class PluginManager:
             plugin.jobs[job.name] = job
         env.phase = "idle"
         plugin.load_ms = (time.perf_counter() - t0) * 1000
+        return checked
 
     async def unload_plugin(self, ext_id: str, *, remember: bool = True,
                             grace: float = 10.0, reason: str = "unload") -> None:
@@ -415,11 +455,12 @@ class PluginManager:
     async def upgrade(self, source: Path, *, force: bool = False) -> Manifest:
         """Replace an installed extension with the version at ``source``, jobs in flight.
 
-        The new module is validated (compiled, checked, ``plugin_init`` run) first.
-        Then running jobs pause at their next check (reason ``upgrade``), the files
-        are swapped (the old version kept for ``rollback``), the new version loads,
-        and the paused and queued jobs continue on it from their checkpoints. A
-        version not newer than the installed one needs ``force``.
+        The new version is loaded first (compiled, checked, ``plugin_init`` run), so
+        one that fails is refused with the old one in place. Then running jobs pause
+        at their next check (reason ``upgrade``), the files are swapped (the old version
+        kept for ``rollback``), the new version (that same instance) takes over, and
+        the paused and queued jobs continue on it from their checkpoints. A version
+        not newer than the installed one needs ``force``.
         """
         source, manifest = _read_source(source)
         if manifest.id not in self.installed():
@@ -444,25 +485,38 @@ class PluginManager:
         await self._replace(manifest, prev, f"rollback to {manifest.version}")
         return manifest
 
-    async def _replace(self, manifest: Manifest, source: Path, what: str) -> None:
+    async def _replace(self, manifest: Manifest, source: Path, what: str,
+                       checked: Checked | None = None) -> None:
         async with self._replacing:  # one upgrade, rollback or install-over at a time
-            await self._replace_locked(manifest, source, what)
+            await self._replace_locked(manifest, source, what, checked)
 
-    async def _replace_locked(self, manifest: Manifest, source: Path, what: str) -> None:
-        trial = Plugin(manifest, source)
+    async def _replace_locked(self, manifest: Manifest, source: Path, what: str,
+                              checked: Checked | None) -> None:
+        # Loaded before anything changes (a module that fails to initialise is refused
+        # here); this instance then serves: the module is compiled and initialised once.
+        new = Plugin(manifest, source)
         try:
-            await asyncio.to_thread(self._load_blocking, trial)  # refuses a bad module
-        finally:
-            trial.main = None
+            checked = await asyncio.to_thread(self._load_blocking, new, checked)
+        except BaseException:
+            new.main = None
+            raise
         ext_id = manifest.id
         async with self._lock:
             loaded = self._plugins.get(ext_id)
         if loaded is not None:
             await self.unload_plugin(ext_id, remember=False, reason="upgrade")
-        await asyncio.to_thread(swap_in, self.plugin_dir, ext_id, source,
-                                ["manifest.json", manifest.wasm_file])
+        await self._swap_in(manifest, source, checked)
+        new.directory = self.plugin_dir / ext_id
         log.info("extension %s: %s (the version before it is kept)", ext_id, what)
-        await self.load_plugin(ext_id)
+        async with self._lock:
+            current = self._plugins.get(ext_id)
+            taken = current is not None and current.state == "loaded"  # loaded meanwhile
+            if not taken:
+                self._register(new)
+        if taken:
+            await self._cleanup(new)
+        elif self._on_loaded is not None:
+            await self._on_loaded(ext_id)
 
     async def reload_plugin(self, ext_id: str) -> None:
         if ext_id in self._plugins:

@@ -171,7 +171,14 @@ class WasmRuntime:
         """The compiled module, whether it came from the cache, and its SHA-256 (``sha256``
         if the caller has it already: it must be ``module_sha256(wasm)``). Blocking."""
         check_wasm_magic(wasm, name)
-        key = sha256 or module_sha256(wasm)
+        t0 = time.perf_counter()
+        compiled = self._compile(wasm, sha256 or module_sha256(wasm))
+        log.debug("module %s (%s) %s in %.1f ms", compiled.sha256[:16], name,
+                  "taken from the cache" if compiled.from_cache else "compiled",
+                  (time.perf_counter() - t0) * 1000)
+        return compiled
+
+    def _compile(self, wasm: bytes, key: str) -> Compiled:
         path = self.cache_dir / f"{key}-wasmtime{self._version}-epoch-fixedmem.cwasm"
         if path.exists():
             module = self._from_cache(path)

@@ -47,14 +47,21 @@ def previous_dir(plugin_dir: Path, ext_id: str) -> Path:
     return plugin_dir / PREVIOUS / ext_id
 
 
-def swap_in(plugin_dir: Path, ext_id: str, source: Path, files: list[str]) -> None:
+def swap_in(plugin_dir: Path, ext_id: str, source: Path, files: list[str],
+            contents: dict[str, bytes] | None = None) -> None:
     """Make ``source`` (its ``files``) the current version of ``ext_id``; the current
-    one becomes the previous. Blocking; crash-safe as the module says."""
+    one becomes the previous. The files named in ``contents`` are written with those
+    bytes (the module as it was checked) instead of copied. Blocking; crash-safe as the
+    module says."""
+    contents = contents or {}
     staging = plugin_dir / STAGING / ext_id
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True, mode=0o700)
     for name in files:
-        shutil.copyfile(source / name, staging / name)
+        if name in contents:
+            (staging / name).write_bytes(contents[name])
+        else:
+            shutil.copyfile(source / name, staging / name)
         _fsync(staging / name)
     (staging / COMPLETE).touch()
     _fsync_dir(staging)
