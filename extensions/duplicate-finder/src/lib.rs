@@ -85,6 +85,29 @@ struct Member {
     inode: u64,
 }
 
+impl Member {
+    /// The file this name is: `(dev, inode)`, one for all names of an inode (hard links).
+    fn file(&self) -> (u64, u64) {
+        (self.dev, self.inode)
+    }
+}
+
+/// How many distinct files `names` are: names of one inode are one file.
+fn distinct_files(names: &[Member]) -> usize {
+    names.iter().map(Member::file).collect::<BTreeSet<_>>().len()
+}
+
+/// Whether `names` are two or more distinct files: the least a group of duplicates is.
+fn several_files(names: &[Member]) -> bool {
+    distinct_files(names) >= 2
+}
+
+/// Names with the same content (and key), in the order they were hashed, and their size.
+struct Group {
+    members: Vec<Member>,
+    size: u64,
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Stats {
     #[serde(default)]
@@ -314,8 +337,7 @@ fn scan_page(ctx: &JobContext, lib: &Library, st: &mut State) -> Result<(), JobR
 /// distinct files (inodes); hashes the queue once it is a batch.
 fn close_run(ctx: &JobContext, lib: &Library, st: &mut State) -> Result<(), JobResult> {
     let run = std::mem::take(&mut st.run);
-    let files: BTreeSet<(u64, u64)> = run.iter().map(|m| (m.dev, m.inode)).collect();
-    if files.len() < 2 {
+    if !several_files(&run) {
         return Ok(());
     }
     st.stats.candidates += run.len() as u64;
@@ -329,41 +351,14 @@ fn close_run(ctx: &JobContext, lib: &Library, st: &mut State) -> Result<(), JobR
 /// Hashes the queued candidates (runs of several sizes in one call: equal hashes mean equal
 /// sizes) and queues every group of two or more distinct files for tagging, under every name.
 fn hash_queued(ctx: &JobContext, lib: &Library, st: &mut State) -> Result<(), JobResult> {
-    let queued = std::mem::take(&mut st.queued);
-    let mut groups: BTreeMap<String, Vec<(i64, u64, u64, u64)>> = BTreeMap::new();
-    for chunk in queued.chunks(st.hash_batch as usize) {
-        let ids: Vec<i64> = chunk.iter().map(|m| m.id).collect();
-        let r = retrying(|| lib.content_hashes(&ids)).map_err(|e| fail(ctx, "cannot hash files", e))?;
-        st.stats.bytes_read += r.bytes_read;
-        ctx.increment_bytes(r.bytes_read);
-        for h in r.hashes {
-            match (h.hash, h.error) {
-                (Some(hash), _) => {
-                    if h.cached {
-                        st.stats.cached += 1;
-                    } else {
-                        st.stats.hashed += 1;
-                    }
-                    groups.entry(hash).or_insert_with(Vec::new).push((h.entry_id, h.dev, h.inode, h.size));
-                }
-                (None, err) => {
-                    let why = err.map(|e| e.message).unwrap_or_else(|| "no hash".to_string());
-                    ctx.add_warning(&format!("skipped entry {}: {}", h.entry_id, why));
-                    st.stats.skipped += 1;
-                }
-            }
-        }
-    }
-    for members in groups.values() {
-        let distinct: BTreeSet<(u64, u64)> = members.iter().map(|&(_, d, i, _)| (d, i)).collect();
-        if distinct.len() < 2 {
-            continue;
-        }
-        st.pending.extend(members.iter().map(|&(id, _, _, _)| id));
+    let ids: Vec<i64> = std::mem::take(&mut st.queued).iter().map(|m| m.id).collect();
+    for group in hash_groups(ctx, lib, st, &ids, |_, hash| hash, |_| {})? {
+        let names = group.members.len() as u64;
+        st.pending.extend(group.members.iter().map(|m| m.id));
         st.stats.groups += 1;
-        st.stats.duplicates += members.len() as u64;
-        st.stats.wasted_bytes += members[0].3 * (distinct.len() as u64 - 1);
-        ctx.increment_items(members.len() as u64);
+        st.stats.duplicates += names;
+        st.stats.wasted_bytes += group.size * (distinct_files(&group.members) as u64 - 1);
+        ctx.increment_items(names);
     }
     Ok(())
 }
@@ -460,23 +455,11 @@ fn recheck_tagged(ctx: &JobContext, lib: &Library, st: &mut State) -> Result<(),
         }
     }
     st.stats.candidates += files.len() as u64;
-    // (location, hash) -> the tagged names with that content there: (entry id, dev, inode).
-    let mut groups: BTreeMap<(i64, String), Vec<(i64, u64, u64)>> = BTreeMap::new();
     let location: BTreeMap<i64, i64> = files.iter().copied().collect();
     let ids: Vec<i64> = files.iter().map(|&(id, _)| id).collect();
-    hash_each(ctx, lib, st, &ids, |id, hashed| match hashed {
-        Some((hash, dev, inode)) => {
-            let loc = location.get(&id).copied().unwrap_or_default();
-            groups.entry((loc, hash)).or_default().push((id, dev, inode));
-        }
-        None => untag.push(id),
-    })?;
-    for members in groups.values() {
-        let distinct: BTreeSet<(u64, u64)> = members.iter().map(|&(_, d, i)| (d, i)).collect();
-        if distinct.len() < 2 {
-            untag.extend(members.iter().map(|&(id, _, _)| id));
-        }
-    }
+    // Grouped by (location, hash): the groups of two or more files keep the tag.
+    let key = |id: i64, hash: String| (location.get(&id).copied().unwrap_or_default(), hash);
+    hash_groups(ctx, lib, st, &ids, key, |id| untag.push(id))?;
     for chunk in untag.chunks(TAG_BATCH) {
         let r = retrying(|| lib.remove_tag(st.tag.as_str(), chunk)).map_err(|e| fail(ctx, "cannot untag", e))?;
         st.stats.untagged += r.removed;
@@ -537,11 +520,12 @@ fn check_run(ctx: &JobContext, lib: &Library, st: &mut State, location_id: i64, 
                 break;
             }
         }
-        let files: BTreeSet<(u64, u64)> = run.iter().map(|m| (m.dev, m.inode)).collect();
         let mut tagged: BTreeSet<i64> = BTreeSet::new();
-        if files.len() >= 2 {
+        if several_files(&run) {
             st.stats.candidates += run.len() as u64;
-            for group in hash_groups(ctx, lib, st, &run)? {
+            let ids: Vec<i64> = run.iter().map(|m| m.id).collect();
+            for group in hash_groups(ctx, lib, st, &ids, |_, hash| hash, |_| {})? {
+                let group: Vec<i64> = group.members.iter().map(|m| m.id).collect();
                 // Only groups a new or changed file is in: the others were already right.
                 if group.iter().any(|id| fresh.contains(id)) {
                     st.stats.groups += 1;
@@ -563,11 +547,14 @@ fn check_run(ctx: &JobContext, lib: &Library, st: &mut State, location_id: i64, 
     Ok(())
 }
 
-/// The host's full-content hashes of `ids`, `hash_batch` at a time, counted in the job's
-/// stats: `each(id, Some((hash, dev, inode)))`, or `each(id, None)` for a file that could
-/// not be hashed (a job warning says why).
-fn hash_each(ctx: &JobContext, lib: &Library, st: &mut State, ids: &[i64],
-             mut each: impl FnMut(i64, Option<(String, u64, u64)>)) -> Result<(), JobResult> {
+/// Hashes `ids` (`hash_batch` at a time, counted in the job's stats) and groups them by
+/// `key(id, hash)`: returns the groups of two or more distinct files, in key order. `lone`
+/// gets every other entry: each one that could not be hashed (a job warning says why) as
+/// it comes, then the names of each group of one file.
+fn hash_groups<K: Ord>(ctx: &JobContext, lib: &Library, st: &mut State, ids: &[i64],
+                       key: impl Fn(i64, String) -> K, mut lone: impl FnMut(i64))
+                       -> Result<Vec<Group>, JobResult> {
+    let mut by_key: BTreeMap<K, Group> = BTreeMap::new();
     for chunk in ids.chunks(st.hash_batch as usize) {
         let r = retrying(|| lib.content_hashes(chunk)).map_err(|e| fail(ctx, "cannot hash files", e))?;
         st.stats.bytes_read += r.bytes_read;
@@ -580,32 +567,29 @@ fn hash_each(ctx: &JobContext, lib: &Library, st: &mut State, ids: &[i64],
                     } else {
                         st.stats.hashed += 1;
                     }
-                    each(h.entry_id, Some((hash, h.dev, h.inode)));
+                    let size = h.size;
+                    by_key
+                        .entry(key(h.entry_id, hash))
+                        .or_insert_with(|| Group { members: Vec::new(), size })
+                        .members
+                        .push(Member { id: h.entry_id, dev: h.dev, inode: h.inode });
                 }
                 None => {
                     let why = h.error.map(|e| e.message).unwrap_or_else(|| "no hash".to_string());
                     ctx.add_warning(&format!("skipped entry {}: {}", h.entry_id, why));
                     st.stats.skipped += 1;
-                    each(h.entry_id, None);
+                    lone(h.entry_id);
                 }
             }
         }
     }
-    Ok(())
-}
-
-/// The groups (entry ids) of two or more distinct files with the same content among `run`.
-fn hash_groups(ctx: &JobContext, lib: &Library, st: &mut State, run: &[Member]) -> Result<Vec<Vec<i64>>, JobResult> {
-    let mut by_hash: BTreeMap<String, Vec<(i64, u64, u64)>> = BTreeMap::new();
-    let ids: Vec<i64> = run.iter().map(|m| m.id).collect();
-    hash_each(ctx, lib, st, &ids, |id, hashed| {
-        if let Some((hash, dev, inode)) = hashed {
-            by_hash.entry(hash).or_default().push((id, dev, inode));
+    let mut groups = Vec::new();
+    for group in by_key.into_values() {
+        if several_files(&group.members) {
+            groups.push(group);
+        } else {
+            group.members.iter().for_each(|m| lone(m.id));
         }
-    })?;
-    Ok(by_hash
-        .into_values()
-        .filter(|m| m.iter().map(|&(_, d, i)| (d, i)).collect::<BTreeSet<_>>().len() >= 2)
-        .map(|m| m.into_iter().map(|(id, _, _)| id).collect())
-        .collect())
+    }
+    Ok(groups)
 }
