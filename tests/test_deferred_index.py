@@ -100,6 +100,12 @@ async def test_deferred_first_walk_stores_what_a_normal_walk_does(
     again = await op(core, fast, "action:locations.rescan.input.v1", {"id": added["location"]["id"]})
     out3 = await (await fast.jobs.get_handle(again["job_id"])).wait()
     assert (out3["inserted"], out3["updated"], out3["removed"], out3["deferred_indexes"]) == (0, 0, 0, 0)
+    # The walk's cache and checkpoint settings are given back (the latter once the WAL
+    # checkpointer that ran behind the walk is done).
+    def default_settings(c: sqlite3.Connection) -> bool:
+        return (c.execute("PRAGMA cache_size").fetchone()[0],
+                c.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == (-2000, 1000)
+    await wait_for_async(lambda: fast.db.run(default_settings), 30, "the default settings")
 
 
 def brute(conn: sqlite3.Connection, q: store.EntryQuery) -> list[int]:

@@ -49,10 +49,8 @@ import os
 import sqlite3
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any, Final, NamedTuple, TypeVar
 
 import blake3
@@ -62,13 +60,17 @@ from daemon import errors
 from daemon.jobs.context import Interrupt, Interrupted, JobContext
 from daemon.libraries import deferred
 from daemon.libraries.db import Database, transaction
+from daemon.libraries.wal import Checkpointer, checkpoint
 from daemon.locations import _listdir, content, store
 from daemon.locations.fs import join
 
 FLUSH_EVERY_S = 5.0
 PROGRESS_EVERY_S = 1.0
 WALK_CACHE_KIB_NEG = -64 * 1024  # PRAGMA cache_size in KiB (negative) during a walk
-WALK_CHECKPOINT_PAGES = 16_384  # PRAGMA wal_autocheckpoint during a walk (64 MiB of WAL)
+# PRAGMA wal_autocheckpoint during a walk: a backstop (256 MiB of WAL), should the
+# Checkpointer fall behind. It is kicked every CHECKPOINT_EVERY rows a walk writes.
+WALK_CHECKPOINT_PAGES = 65_536
+CHECKPOINT_EVERY = 50_000
 # An index job that inserted, moved or removed this many entries refreshes the planner's
 # statistics (ANALYZE with a sampling limit: milliseconds).
 ANALYZE_AFTER_CHANGES = 1000
@@ -185,26 +187,28 @@ def index_job(ctx: JobContext, inp: IndexInput) -> dict[str, Any]:
         # A page cache that holds the entries' indexes while a walk writes them (random
         # inserts into a million-entry index would otherwise read and write the disk);
         # given back when the walk ends.
-        # Checkpoints less often, too: a page that many batches rewrite is copied into
-        # the database once per checkpoint, not once per batch.
+        # The WAL is copied into the database file by a thread of its own (``wal``),
+        # kicked as the walk writes, rather than inline by the commits of the one
+        # thread that writes; a commit checkpoints itself only past a backstop.
+        wal = Checkpointer(db.path)
         db.run_sync(_walk_settings)
         try:
-            walker = Walker(ctx, inp, root, state, counts)
+            walker = Walker(ctx, inp, root, state, counts, wal)
             try:
                 walker.run()
             except BaseException:
                 # Not at shutdown, which must not wait for them: the next open makes them.
                 if walker.bulk and ctx.interrupt_reason != "shutdown":
-                    _restore_quietly(ctx)
+                    _restore_quietly(ctx, wal)
                 raise
             if walker.bulk:  # before the sweep, which uses them; with the walk's cache
-                _restore(ctx)
+                _restore(ctx, wal)
         finally:
             db.run_sync(_default_cache)
-            # The WAL the walk grew is copied into the database file by a thread of its
-            # own, and only then may a commit checkpoint again: the sweep's and the job's
-            # own commits would otherwise copy it inline, on the way to the job's end.
-            threading.Thread(target=_checkpoint_then_default, args=(db,),
+            # Commits checkpoint as usual again once the walk's WAL is copied: the
+            # sweep's and the job's own commits would otherwise copy it inline, on the
+            # way to the job's end.
+            threading.Thread(target=_checkpoint_then_default, args=(db, wal),
                              name="wal-checkpoint", daemon=True).start()
         deferred_n = walker.deferred
         orphans = walker.moves
@@ -228,46 +232,26 @@ def index_job(ctx: JobContext, inp: IndexInput) -> dict[str, Any]:
     return out
 
 
-def _restore(ctx: JobContext) -> None:
+def _restore(ctx: JobContext, wal: Checkpointer) -> None:
     """Make the deferred indexes again (before the sweep, which uses them)."""
     def progress(done: int, total: int) -> None:
+        # Meanwhile the other core copies what the walk and the indexes made so far
+        # into the database file.
+        wal.kick()
         ctx.report_progress(ctx.progress, f"building the entries' indexes ({done}/{total})")
     t0 = time.monotonic()
-    # Meanwhile the other core copies the walk's WAL into the database file (a passive
-    # checkpoint from a connection of its own), which the next commit would otherwise do.
-    behind = threading.Thread(target=_checkpoint_wal, args=(ctx.db.path,),
-                              name="wal-checkpoint", daemon=True)
-    behind.start()
-    try:
-        n = ctx.db.run_sync(lambda c: deferred.restore(c, progress))
-    finally:
-        behind.join()
+    n = ctx.db.run_sync(lambda c: deferred.restore(c, progress))
     if n:
         ctx.log(f"made {n} deferred indexes and triggers again in "
                 f"{time.monotonic() - t0:.2f} s")
 
 
-def _checkpoint_wal(path: Path) -> None:
-    """A passive WAL checkpoint (it never blocks the writer); only an optimisation."""
-    try:
-        # mode=rw: never creates the file (the library may be being deleted meanwhile).
-        conn = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=rw", uri=True,
-                               timeout=0)
-        try:
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        finally:
-            conn.close()
-    except sqlite3.Error as e:
-        logging.getLogger("sd.db").debug("checkpoint of %s skipped: %s", path, e)
-
-
-def _restore_quietly(ctx: JobContext) -> None:
+def _restore_quietly(ctx: JobContext, wal: Checkpointer) -> None:
     """``_restore`` on the way out of a failed or stopped walk: a failure of its own (a
     full disk) is logged, the walk's error is the one reported; the next index job or
     open of the library tries again. Not at shutdown: the next open does it."""
     try:
-        _restore(ctx)
+        _restore(ctx, wal)
     except errors.SdError as e:
         ctx.log(f"could not make the deferred indexes again: {e.message}", logging.WARNING)
     except (sqlite3.Error, OSError) as e:
@@ -284,9 +268,10 @@ def _default_cache(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA cache_size=-2000")
 
 
-def _checkpoint_then_default(db: Database) -> None:
+def _checkpoint_then_default(db: Database, wal: Checkpointer) -> None:
     """A passive checkpoint of the walk's WAL, then commits checkpoint as usual again."""
-    _checkpoint_wal(db.path)
+    wal.wait()
+    checkpoint(db.path)
     try:
         db.submit(lambda c: c.execute("PRAGMA wal_autocheckpoint=1000"))
     except (errors.LibraryUnavailable, RuntimeError):
@@ -307,8 +292,10 @@ class Walker:
     """The walk of one indexer run: lists directories, hands batches to the database."""
 
     def __init__(self, ctx: JobContext, inp: IndexInput, root: str, state: dict[str, Any],
-                 counts: Counts) -> None:
+                 counts: Counts, wal: Checkpointer) -> None:
         self.ctx, self.inp, self.root, self.state, self.counts = ctx, inp, root, state, counts
+        self.wal = wal
+        self.written = 0  # rows written since the Checkpointer was last kicked
         self.stack: list[str] = list(state["stack"])
         # Inode matching costs a lookup per new entry: skip it on a location's first walk.
         self.moves = bool(state["moves"]) or ctx.resumed
@@ -317,7 +304,7 @@ class Walker:
         # Deferred indexes a stopped walk left (a full disk while making them again) are
         # made first, unless this is a first walk that may defer them again anyway.
         if self.moves and db.run_sync(deferred.missing):
-            _restore(ctx)
+            _restore(ctx, wal)
         self.bulk = False  # the indexes are deferred: rows go in without a diff
         self.deferred = 0  # how many indexes this walk deferred
         # Entries listed when this walk defers the indexes (None: it never does).
@@ -404,6 +391,10 @@ class Walker:
         c.inserted += res.inserted
         c.updated += res.updated
         c.moved += res.moved
+        self.written += res.inserted + res.updated + res.moved
+        if self.written >= CHECKPOINT_EVERY:
+            self.written = 0
+            self.wal.kick()
         self.ctx.increment_items(seen)
         self.state.update(stack=stack, counts=msgspec.to_builtins(c))
         self.show_progress(c.seen, len(stack))
