@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
 import json
 import os
@@ -90,6 +91,8 @@ def short_tmpdir() -> Path:
 class Daemon:
     """A real ``sd-daemon`` process (or the tests' variant with test job types)."""
 
+    preexec: Callable[[], None] | None = None  # run in the child before exec
+
     def __init__(self, data_dir: Path, socket_path: Path, *, test_jobs: bool = True,
                  extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
@@ -109,7 +112,8 @@ class Daemon:
                 "--log-level", "debug", *self.extra_args]
         env = {**os.environ, **(self.env or {})}
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     preexec_fn=self.preexec)
         if wait:
             self.wait_ready()
         return self
@@ -197,18 +201,61 @@ def tmpdir_short() -> Iterator[Path]:
 
 
 @pytest.fixture
-def daemon(tmpdir_short: Path) -> Iterator[Daemon]:
-    d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock").start()
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.stop()
+def spawn(tmpdir_short: Path) -> Iterator[Callable[..., Daemon]]:
+    """Makes daemons, not yet started: ``spawn(data_dir, socket_path, cls=Daemon, **options)``
+    (by default ``tmpdir_short``'s data/ and run/sd.sock). Any still running at teardown
+    is stopped; one that does not stop in time is killed and fails the test."""
+    made: list[Daemon] = []
+
+    def make(data_dir: Path | None = None, socket_path: Path | None = None, *,
+             cls: type[Daemon] = Daemon, **options: Any) -> Daemon:
+        made.append(cls(data_dir or tmpdir_short / "data",
+                        socket_path or tmpdir_short / "run" / "sd.sock", **options))
+        return made[-1]
+    yield make
+    for d in made:
+        if d.proc is not None and d.proc.poll() is None:
+            try:
+                d.stop()
+            except subprocess.TimeoutExpired:
+                d.kill9()
+                raise
 
 
 @pytest.fixture
-def ext_daemon(tmpdir_short: Path) -> Iterator[Daemon]:
+def daemon(spawn: Callable[..., Daemon]) -> Daemon:
+    return spawn().start()
+
+
+@pytest.fixture
+def ext_daemon(spawn: Callable[..., Daemon]) -> Daemon:
     """A daemon that installs and loads the extensions ``make extensions`` built."""
-    d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock",
-               extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS)]).start()
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.stop()
+    return spawn(extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS)]).start()
+
+
+@pytest.fixture
+def small_disk(tmpdir_short: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs (needs root, as in CI)."""
+    mnt = tmpdir_short / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(path: Path) -> None:
+    """Write until ENOSPC, in smaller and smaller pieces, so no page is left."""
+    with open(path, "wb", buffering=0) as f:
+        for size in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e

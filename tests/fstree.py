@@ -14,11 +14,10 @@ import os
 import random
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import ROOT, Daemon
+from conftest import Daemon
 
 _PR_CAPBSET_DROP = 24
 _CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
@@ -40,17 +39,7 @@ def _drop_dac_caps() -> None:
 class UnprivilegedDaemon(Daemon):
     """The tests' daemon, bound by file permissions even when the tests run as root."""
 
-    def start(self, wait: bool = True) -> Daemon:
-        cmd = [sys.executable, str(ROOT / "tests" / "jobs_daemon.py"), "--data-dir",
-               str(self.data_dir), "--socket", str(self.socket), "--log-level", "debug",
-               *self.extra_args]
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(self.env or {})},
-                                     preexec_fn=_drop_dac_caps)
-        if wait:
-            self.wait_ready()
-        return self
+    preexec = staticmethod(_drop_dac_caps)
 
 
 def write(path: Path, data: bytes) -> Path:

@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import stat
+from collections.abc import Callable
 
 from conftest import Daemon
 
@@ -43,8 +44,9 @@ def test_daemon_stop_command(daemon: Daemon) -> None:
     assert not daemon.socket.exists()
 
 
-def test_second_daemon_on_same_data_dir_refuses(daemon: Daemon, tmpdir_short) -> None:
-    other = Daemon(daemon.data_dir, tmpdir_short / "other.sock")
+def test_second_daemon_on_same_data_dir_refuses(daemon: Daemon, tmpdir_short,
+                                                spawn: Callable[..., Daemon]) -> None:
+    other = spawn(daemon.data_dir, tmpdir_short / "other.sock")
     other.start(wait=False)
     code = other.proc.wait(20)
     assert code != 0
@@ -52,8 +54,9 @@ def test_second_daemon_on_same_data_dir_refuses(daemon: Daemon, tmpdir_short) ->
     assert daemon.sd("status").returncode == 0
 
 
-def test_second_daemon_on_same_socket_refuses(daemon: Daemon, tmpdir_short) -> None:
-    other = Daemon(tmpdir_short / "data2", daemon.socket)
+def test_second_daemon_on_same_socket_refuses(daemon: Daemon, tmpdir_short,
+                                              spawn: Callable[..., Daemon]) -> None:
+    other = spawn(tmpdir_short / "data2", daemon.socket)
     other.start(wait=False)
     assert other.proc.wait(20) != 0
     assert "already serving" in other.log()
@@ -61,18 +64,15 @@ def test_second_daemon_on_same_socket_refuses(daemon: Daemon, tmpdir_short) -> N
     assert daemon.sd("status").returncode == 0
 
 
-def test_stale_socket_is_replaced(tmpdir_short) -> None:
+def test_stale_socket_is_replaced(tmpdir_short, spawn: Callable[..., Daemon]) -> None:
     sock_path = tmpdir_short / "run" / "sd.sock"
     sock_path.parent.mkdir(mode=0o700)
     s = socket.socket(socket.AF_UNIX)
     s.bind(str(sock_path))  # bound, never listening: what a crash leaves behind
     s.close()
-    d = Daemon(tmpdir_short / "data", sock_path).start()
-    try:
-        assert d.sd("status").returncode == 0
-        assert "stale socket" in d.log()
-    finally:
-        d.stop()
+    d = spawn(socket_path=sock_path).start()
+    assert d.sd("status").returncode == 0
+    assert "stale socket" in d.log()
 
 
 def test_socket_permissions(daemon: Daemon) -> None:

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemon, wait_for, wait_for_async
+from conftest import Daemon, fill, wait_for, wait_for_async
 from fstree import expected_index
-from test_faults import fill, small_disk, spawn  # noqa: F401 - fixtures
 from test_locations import by_path, job_when, op, shape
 
 from daemon.core import Core
@@ -247,8 +246,8 @@ def test_a_deferred_walk_stopped_gets_its_indexes_at_the_next_start(
 
 
 def test_full_disk_during_a_deferred_walk_pauses_and_ends_with_every_index(
-        small_disk: Path, spawn: Callable[..., Daemon], tmpdir_short: Path) -> None:  # noqa: F811
-    d = spawn(small_disk, tmpdir_short / "run" / "sd.sock")
+        small_disk: Path, spawn: Callable[..., Daemon], tmpdir_short: Path) -> None:
+    d = spawn(small_disk)
     d.start()
     lib = d.sd_json("library", "create", "L")["id"]
     db = small_disk / "libraries" / lib / "library.db"

@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +36,9 @@ FINDER = BUILT_EXTENSIONS / "duplicate-finder"
 
 
 @pytest.fixture
-def d(tmpdir_short: Path) -> Iterator[Daemon]:
+def d(tmpdir_short: Path, spawn: Callable[..., Daemon]) -> Iterator[Daemon]:
     assert FINDER.is_dir(), "run `make extensions` first (make test does)"
-    daemon = UnprivilegedDaemon(tmpdir_short / "data", tmpdir_short / "sd.sock").start()
-    yield daemon
-    if daemon.proc is not None and daemon.proc.poll() is None:
-        daemon.stop()
+    yield spawn(socket_path=tmpdir_short / "sd.sock", cls=UnprivilegedDaemon).start()
     unlock(tmpdir_short)
 
 

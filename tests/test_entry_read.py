@@ -12,7 +12,7 @@ import os
 import random
 import shutil
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,8 @@ READ_IMPORT = ('(import "spacedrive" "entry_read" '
 
 
 @pytest.fixture
-def d(tmpdir_short: Path) -> Iterator[Daemon]:
-    daemon = UnprivilegedDaemon(tmpdir_short / "data", tmpdir_short / "sd.sock").start()
-    yield daemon
-    if daemon.proc is not None and daemon.proc.poll() is None:
-        daemon.stop()
+def d(tmpdir_short: Path, spawn: Callable[..., Daemon]) -> Iterator[Daemon]:
+    yield spawn(socket_path=tmpdir_short / "sd.sock", cls=UnprivilegedDaemon).start()
     unlock(tmpdir_short)
 
 

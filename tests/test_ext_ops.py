@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -227,82 +227,78 @@ def _value(families: dict[str, Any], family: str, sample: str, **labels: str) ->
     raise AssertionError(f"no sample {sample}{labels} in {families[family].samples}")
 
 
-def test_sd_metrics(tmpdir_short: Path) -> None:
+def test_sd_metrics(tmpdir_short: Path, spawn: Callable[..., Daemon]) -> None:
     import socket
 
     from conftest import raw_exchange
 
     cfg = tmpdir_short / "config.json"
     cfg.write_text(json.dumps({"subscriber_queue": 4}))
-    d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock",
-               extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS), "--config", str(cfg),
-                           "--max-running-jobs", "1"]).start()
-    try:
-        lib = d.sd_json("library", "create", "L")["id"]
-        for _ in range(3):
-            d.sd("call", "query:test.ping.v1", check=True)
-        assert d.sd("call", "query:made.up.v1").returncode == 1
-        assert d.sd("call", "query:test.ping.v1", "[1]").returncode == 1  # -32602
-        d.sd("job", "run", "test-extension", "counter", "--state", '{"target": 3}', "--wait",
-             check=True)
-        assert d.sd("job", "run", "test-extension", "fail", "--wait").returncode == 4
+    d = spawn(extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS), "--config", str(cfg),
+                          "--max-running-jobs", "1"]).start()
+    lib = d.sd_json("library", "create", "L")["id"]
+    for _ in range(3):
+        d.sd("call", "query:test.ping.v1", check=True)
+    assert d.sd("call", "query:made.up.v1").returncode == 1
+    assert d.sd("call", "query:test.ping.v1", "[1]").returncode == 1  # -32602
+    d.sd("job", "run", "test-extension", "counter", "--state", '{"target": 3}', "--wait",
+         check=True)
+    assert d.sd("job", "run", "test-extension", "fail", "--wait").returncode == 4
 
-        # A subscriber that never reads: once its socket and queue are full, events drop.
-        stuck = socket.socket(socket.AF_UNIX)
-        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stuck.connect(str(d.socket))
-        stuck.sendall(b'{"jsonrpc":"2.0","id":1,"method":"action:events.subscribe.input.v1"}\n')
-        wait_for(lambda: d.sd_json("status")["subscribers"] >= 1, 30, "the subscription")
-        batch = [{"jsonrpc": "2.0", "id": i, "method": "action:jobs.dispatch.input.v1",
-                  "params": {"library_id": lib, "payload": {
-                      "name": "test.big_output", "input": {"size": 60_000}}}}
-                 for i in range(60)]
-        raw_exchange(d.socket, json.dumps(batch).encode() + b"\n")
+    # A subscriber that never reads: once its socket and queue are full, events drop.
+    stuck = socket.socket(socket.AF_UNIX)
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect(str(d.socket))
+    stuck.sendall(b'{"jsonrpc":"2.0","id":1,"method":"action:events.subscribe.input.v1"}\n')
+    wait_for(lambda: d.sd_json("status")["subscribers"] >= 1, 30, "the subscription")
+    batch = [{"jsonrpc": "2.0", "id": i, "method": "action:jobs.dispatch.input.v1",
+              "params": {"library_id": lib, "payload": {
+                  "name": "test.big_output", "input": {"size": 60_000}}}}
+             for i in range(60)]
+    raw_exchange(d.socket, json.dumps(batch).encode() + b"\n")
 
-        def dropped() -> float:
-            fams = _families(d.sd("metrics", check=True).stdout)
-            done = _value(fams, "sd_jobs", "sd_jobs", state="completed")
-            return _value(fams, "sd_events_dropped", "sd_events_dropped_total") if done >= 61 else 0
-        assert wait_for(dropped, 60, "events to be dropped") > 0
+    def dropped() -> float:
+        fams = _families(d.sd("metrics", check=True).stdout)
+        done = _value(fams, "sd_jobs", "sd_jobs", state="completed")
+        return _value(fams, "sd_events_dropped", "sd_events_dropped_total") if done >= 61 else 0
+    assert wait_for(dropped, 60, "events to be dropped") > 0
 
-        # One job running, one waiting for the only slot.
-        d.sd("job", "dispatch", "test.sleep", "--input", '{"seconds": 60}', check=True)
-        d.sd("job", "dispatch", "test.steps", "--input", '{"count": 1}', check=True)
-        wait_for(lambda: [j["status"] for j in d.sd_json("job", "list")][:2] == ["queued", "running"])
+    # One job running, one waiting for the only slot.
+    d.sd("job", "dispatch", "test.sleep", "--input", '{"seconds": 60}', check=True)
+    d.sd("job", "dispatch", "test.steps", "--input", '{"count": 1}', check=True)
+    wait_for(lambda: [j["status"] for j in d.sd_json("job", "list")][:2] == ["queued", "running"])
 
-        r = d.sd("metrics", check=True)
-        fams = _families(r.stdout)
-        assert _value(fams, "sd_requests", "sd_requests_total",
-                      method="query:test.ping.v1", code="ok") == 3
-        assert _value(fams, "sd_requests", "sd_requests_total",
-                      method="query:test.ping.v1", code="-32602") == 1
-        assert _value(fams, "sd_requests", "sd_requests_total", method="unknown",
-                      code="-32601") == 1
-        assert not any("made.up" in s.labels.get("method", "") for s in fams["sd_requests"].samples)
-        assert _value(fams, "sd_request_duration_seconds", "sd_request_duration_seconds_count",
-                      method="query:test.ping.v1") == 4
-        assert _value(fams, "sd_request_duration_seconds", "sd_request_duration_seconds_bucket",
-                      method="query:test.ping.v1", le="+Inf") == 4
-        assert _value(fams, "sd_jobs", "sd_jobs", state="failed") == 1
-        assert _value(fams, "sd_jobs", "sd_jobs", state="running") == 1
-        assert _value(fams, "sd_job_queue_length", "sd_job_queue_length") == 1
-        assert _value(fams, "sd_extension_jobs", "sd_extension_jobs_total",
-                      extension="test-extension", outcome="completed") == 1
-        assert _value(fams, "sd_extension_jobs", "sd_extension_jobs_total",
-                      extension="test-extension", outcome="failed") == 1
-        assert _value(fams, "sd_extension_calls", "sd_extension_calls_total",
-                      extension="test-extension", method="query:test.ping.v1") == 1
-        assert _value(fams, "sd_extension_guest_cpu_seconds",
-                      "sd_extension_guest_cpu_seconds_total", extension="test-extension") > 0
-        assert _value(fams, "sd_extension_peak_memory_bytes", "sd_extension_peak_memory_bytes",
-                      extension="test-extension") >= 1 << 20
-        om = d.sd("metrics", "--openmetrics", check=True).stdout
-        assert om.endswith("# EOF\n")
-        assert _value(_families(om, openmetrics=True), "sd_jobs", "sd_jobs", state="queued") == 1
-        assert d.sd_json("metrics")["content_type"].startswith("text/plain; version=0.0.4")
-        stuck.close()
-    finally:
-        d.stop()
+    r = d.sd("metrics", check=True)
+    fams = _families(r.stdout)
+    assert _value(fams, "sd_requests", "sd_requests_total",
+                  method="query:test.ping.v1", code="ok") == 3
+    assert _value(fams, "sd_requests", "sd_requests_total",
+                  method="query:test.ping.v1", code="-32602") == 1
+    assert _value(fams, "sd_requests", "sd_requests_total", method="unknown",
+                  code="-32601") == 1
+    assert not any("made.up" in s.labels.get("method", "") for s in fams["sd_requests"].samples)
+    assert _value(fams, "sd_request_duration_seconds", "sd_request_duration_seconds_count",
+                  method="query:test.ping.v1") == 4
+    assert _value(fams, "sd_request_duration_seconds", "sd_request_duration_seconds_bucket",
+                  method="query:test.ping.v1", le="+Inf") == 4
+    assert _value(fams, "sd_jobs", "sd_jobs", state="failed") == 1
+    assert _value(fams, "sd_jobs", "sd_jobs", state="running") == 1
+    assert _value(fams, "sd_job_queue_length", "sd_job_queue_length") == 1
+    assert _value(fams, "sd_extension_jobs", "sd_extension_jobs_total",
+                  extension="test-extension", outcome="completed") == 1
+    assert _value(fams, "sd_extension_jobs", "sd_extension_jobs_total",
+                  extension="test-extension", outcome="failed") == 1
+    assert _value(fams, "sd_extension_calls", "sd_extension_calls_total",
+                  extension="test-extension", method="query:test.ping.v1") == 1
+    assert _value(fams, "sd_extension_guest_cpu_seconds",
+                  "sd_extension_guest_cpu_seconds_total", extension="test-extension") > 0
+    assert _value(fams, "sd_extension_peak_memory_bytes", "sd_extension_peak_memory_bytes",
+                  extension="test-extension") >= 1 << 20
+    om = d.sd("metrics", "--openmetrics", check=True).stdout
+    assert om.endswith("# EOF\n")
+    assert _value(_families(om, openmetrics=True), "sd_jobs", "sd_jobs", state="queued") == 1
+    assert d.sd_json("metrics")["content_type"].startswith("text/plain; version=0.0.4")
+    stuck.close()
 
 
 def test_textfile_collector_units_in_docs_work(daemon: Daemon, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,36 +150,32 @@ def test_a_job_the_new_version_drops_stays_paused(daemon: Daemon, tmpdir_short: 
 
 
 @pytest.mark.parametrize("moment", ["sent", "paused", "done"])
-def test_kill9_during_upgrade_loses_nothing(tmpdir_short: Path, moment: str) -> None:
+def test_kill9_during_upgrade_loses_nothing(tmpdir_short: Path, moment: str,
+                                            spawn: Callable[..., Daemon]) -> None:
     """kill -9 as the upgrade is asked for, once it has paused the job (files and load
     in progress), and after it: one version or the other loads, the job completes."""
-    d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock",
-               extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS)]).start()
-    try:
-        v2, job = counter_mid_run(d, tmpdir_short / "src", 3)
-        upgrade = subprocess.Popen([str(BIN / "sd"), "--socket", str(d.socket), "ext", "upgrade",
-                                    str(v2)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if moment == "paused":
-            wait_for(lambda: any(t["note"] == "upgrade" for t in info(d, job)["transitions"]),
-                     60, "the upgrade to pause the job")
-        elif moment == "done":
-            assert upgrade.wait(60) == 0
-        d.kill9()
-        upgrade.wait(30)
-        d.start()
-        ext = d.sd_json("ext", "info", "test-extension")
-        assert ext["state"] == "loaded" and ext["manifest"]["version"] in ("0.1.0", "0.2.0")
-        if moment == "done":
-            assert ext["manifest"]["version"] == "0.2.0"
-        final = d.watch_job(job)
-        assert final["status"] == "completed" and final["output"]["current"] == 300
-        data = d.data_dir / "extensions"
-        assert not (data / ".staging" / "test-extension").exists()
-        assert sorted(p.name for p in (data / "test-extension").iterdir()) == [
-            "manifest.json", "test_extension.wasm"]
-    finally:
-        if d.proc is not None and d.proc.poll() is None:
-            d.stop()
+    d = spawn(extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS)]).start()
+    v2, job = counter_mid_run(d, tmpdir_short / "src", 3)
+    upgrade = subprocess.Popen([str(BIN / "sd"), "--socket", str(d.socket), "ext", "upgrade",
+                                str(v2)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if moment == "paused":
+        wait_for(lambda: any(t["note"] == "upgrade" for t in info(d, job)["transitions"]),
+                 60, "the upgrade to pause the job")
+    elif moment == "done":
+        assert upgrade.wait(60) == 0
+    d.kill9()
+    upgrade.wait(30)
+    d.start()
+    ext = d.sd_json("ext", "info", "test-extension")
+    assert ext["state"] == "loaded" and ext["manifest"]["version"] in ("0.1.0", "0.2.0")
+    if moment == "done":
+        assert ext["manifest"]["version"] == "0.2.0"
+    final = d.watch_job(job)
+    assert final["status"] == "completed" and final["output"]["current"] == 300
+    data = d.data_dir / "extensions"
+    assert not (data / ".staging" / "test-extension").exists()
+    assert sorted(p.name for p in (data / "test-extension").iterdir()) == [
+        "manifest.json", "test_extension.wasm"]
 
 
 def _version_dir(root: Path, version: str) -> Path:
@@ -250,30 +247,26 @@ def test_install_over_an_installed_version_upgrades(ext_daemon: Daemon,
     assert d.sd_json("ext", "info", "test-extension")["manifest"]["version"] == "0.2.0"
 
 
-def test_queued_jobs_run_on_the_new_version(tmpdir_short: Path) -> None:
+def test_queued_jobs_run_on_the_new_version(tmpdir_short: Path,
+                                            spawn: Callable[..., Daemon]) -> None:
     """A job still waiting for a slot when the upgrade comes runs on the new version."""
-    d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock",
-               extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS),
-                           "--max-running-jobs", "1"]).start()
-    try:
-        v2, running = counter_mid_run(d, tmpdir_short / "src", 3, target=200)
-        waiting = d.sd_json("job", "run", "test-extension", "counter", "--state",
-                            json.dumps({"target": 7}))["job_id"]
-        assert info(d, waiting)["status"] == "queued"
-        d.sd("ext", "upgrade", str(v2), check=True)
-        for job, target in ((running, 200), (waiting, 7)):
-            final = d.watch_job(job)
-            assert final["status"] == "completed" and final["output"]["current"] == target
-        # It may have started in the moment the extension was being swapped: then it
-        # paused ("not loaded") and continued once 0.2.0 was in; it never ran on 0.1.0.
-        notes = [n.split(",")[0] for n in running_notes(d, waiting)]
-        assert notes[-1] == "test-extension 0.2.0"
-        assert set(notes) <= {"test-extension 0.2.0", "test-extension not loaded"}, notes
-        assert running_notes(d, running)[-1].startswith("test-extension 0.2.0")
-        assert "Tallied 7/7" in d.log() and "Counted 7/7" not in d.log()
-    finally:
-        if d.proc is not None and d.proc.poll() is None:
-            d.stop()
+    d = spawn(extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS),
+                          "--max-running-jobs", "1"]).start()
+    v2, running = counter_mid_run(d, tmpdir_short / "src", 3, target=200)
+    waiting = d.sd_json("job", "run", "test-extension", "counter", "--state",
+                        json.dumps({"target": 7}))["job_id"]
+    assert info(d, waiting)["status"] == "queued"
+    d.sd("ext", "upgrade", str(v2), check=True)
+    for job, target in ((running, 200), (waiting, 7)):
+        final = d.watch_job(job)
+        assert final["status"] == "completed" and final["output"]["current"] == target
+    # It may have started in the moment the extension was being swapped: then it
+    # paused ("not loaded") and continued once 0.2.0 was in; it never ran on 0.1.0.
+    notes = [n.split(",")[0] for n in running_notes(d, waiting)]
+    assert notes[-1] == "test-extension 0.2.0"
+    assert set(notes) <= {"test-extension 0.2.0", "test-extension not loaded"}, notes
+    assert running_notes(d, running)[-1].startswith("test-extension 0.2.0")
+    assert "Tallied 7/7" in d.log() and "Counted 7/7" not in d.log()
 
 
 def _pinger(src: Path, version: str, init_code: int = 0) -> Path:

@@ -6,35 +6,18 @@ Each test runs the real daemon; docs/reliability.md has the table of faults and 
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import random
 import shutil
 import socket
 import sqlite3
-import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import BUILT_EXTENSIONS, Daemon, wait_for
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., Daemon]]:
-    """``Daemon(...)`` that is killed at teardown if a failed test left it running."""
-    made: list[Daemon] = []
-
-    def make(*args: Any, **kwargs: Any) -> Daemon:
-        made.append(Daemon(*args, **kwargs))
-        return made[-1]
-    yield make
-    for d in made:
-        if d.proc is not None and d.proc.poll() is None:
-            d.kill9()
+from conftest import BUILT_EXTENSIONS, Daemon, fill, wait_for
 
 
 def half_closed_exchange(path: Path, data: bytes, timeout: float = 10.0) -> bytes:
@@ -89,10 +72,8 @@ def test_half_closed_client_gets_every_reply(daemon: Daemon) -> None:
         assert event["params"]["kind"] == "library.created" and event["params"]["library_id"] == lib
 
 
-def test_damaged_module_cache_is_rebuilt_not_trusted(tmpdir_short: Path,
-                                                   spawn: Callable[..., Daemon]) -> None:
-    d = spawn(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock",
-               extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS)]).start()
+def test_damaged_module_cache_is_rebuilt_not_trusted(spawn: Callable[..., Daemon]) -> None:
+    d = spawn(extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS)]).start()
     d.stop()
     entries = sorted(p for p in (d.data_dir / "extensions" / ".cache").iterdir() if p.is_file())
     assert len(entries) >= 2
@@ -157,8 +138,8 @@ def fill_library(d: Daemon, lib: str, jobs: int = 40) -> None:
                          for s in ("queued", "running")))
 
 
-def test_corrupt_library_is_isolated(tmpdir_short: Path, spawn: Callable[..., Daemon]) -> None:
-    d = spawn(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock").start()
+def test_corrupt_library_is_isolated(spawn: Callable[..., Daemon]) -> None:
+    d = spawn().start()
     good = d.sd_json("library", "create", "Good")["id"]
     pages = d.sd_json("library", "create", "BadPages")["id"]
     header = d.sd_json("library", "create", "BadHeader")["id"]
@@ -204,38 +185,10 @@ def test_corrupt_library_is_isolated(tmpdir_short: Path, spawn: Callable[..., Da
     assert "Traceback" not in d.log()
 
 
-@pytest.fixture
-def small_disk(tmpdir_short: Path) -> Iterator[Path]:
-    """A 16 MiB tmpfs (needs root, as in CI)."""
-    mnt = tmpdir_short / "disk"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(path: Path) -> None:
-    """Write until ENOSPC, in smaller and smaller pieces, so no page is left."""
-    with open(path, "wb", buffering=0) as f:
-        for size in (1 << 20, 4096, 1):
-            try:
-                while True:
-                    f.write(b"\0" * size)
-            except OSError as e:
-                assert e.errno == errno.ENOSPC, e
-
-
 def test_full_disk_pauses_jobs_and_recovers_without_restart(
         small_disk: Path, spawn: Callable[..., Daemon]) -> None:
-    d = spawn(small_disk, small_disk.parent / "run" / "sd.sock",
-               extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS), "--max-running-jobs", "2"])
+    d = spawn(small_disk, extra_args=["--bundled-extensions", str(BUILT_EXTENSIONS),
+                                      "--max-running-jobs", "2"])
     d.start()
     lib = d.sd_json("library", "create", "L")["id"]
     info = lambda j: d.rpc("query:jobs.info.v1", {"id": j}, lib)["result"]  # noqa: E731
@@ -301,13 +254,12 @@ def test_full_disk_pauses_jobs_and_recovers_without_restart(
     d.stop()
 
 
-def test_kill9_loop_during_creates_and_dispatches(tmpdir_short: Path,
-                                                 spawn: Callable[..., Daemon]) -> None:
+def test_kill9_loop_during_creates_and_dispatches(spawn: Callable[..., Daemon]) -> None:
     """At random moments while a client creates libraries and dispatches jobs: kill -9,
     restart, and check that nothing acknowledged was lost and nothing half-made shows."""
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    d = spawn(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock")
+    d = spawn()
     libraries: dict[str, str] = {}  # acknowledged: id -> name
     jobs: dict[str, str] = {}  # acknowledged: job id -> library id
     kills = 0

@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from conftest import Daemon, wait_for
@@ -47,23 +48,19 @@ def test_kill9_mid_job_resumes_from_checkpoint(daemon: Daemon, tmpdir_short: Pat
     assert hist is None or hist[-1] == "completed"
 
 
-def test_kill9_fails_nonresumable_and_keeps_queued(tmpdir_short: Path) -> None:
-    d = Daemon(tmpdir_short / "data", tmpdir_short / "s.sock",
-               extra_args=["--max-running-jobs", "1"]).start()
-    try:
-        lib = d.sd_json("library", "create", "L")["id"]
-        running = d.sd_json("job", "dispatch", "test.sleep", "-l", lib, "--input", '{"seconds": 30}')["job_id"]
-        queued = d.sd_json("job", "dispatch", "test.steps", "-l", lib, "--input", '{"count": 3}')["job_id"]
-        wait_for(lambda: job_info(d, lib, running)["status"] == "running")
-        assert job_info(d, lib, queued)["status"] == "queued"
-        d.kill9()
-        d.start()
-        info = job_info(d, lib, running)
-        assert info["status"] == "failed"
-        assert "daemon stopped" in info["error"]
-        wait_for(lambda: job_info(d, lib, queued)["status"] == "completed")
-    finally:
-        d.stop()
+def test_kill9_fails_nonresumable_and_keeps_queued(spawn: Callable[..., Daemon]) -> None:
+    d = spawn(extra_args=["--max-running-jobs", "1"]).start()
+    lib = d.sd_json("library", "create", "L")["id"]
+    running = d.sd_json("job", "dispatch", "test.sleep", "-l", lib, "--input", '{"seconds": 30}')["job_id"]
+    queued = d.sd_json("job", "dispatch", "test.steps", "-l", lib, "--input", '{"count": 3}')["job_id"]
+    wait_for(lambda: job_info(d, lib, running)["status"] == "running")
+    assert job_info(d, lib, queued)["status"] == "queued"
+    d.kill9()
+    d.start()
+    info = job_info(d, lib, running)
+    assert info["status"] == "failed"
+    assert "daemon stopped" in info["error"]
+    wait_for(lambda: job_info(d, lib, queued)["status"] == "completed")
 
 
 def test_events_over_socket(daemon: Daemon) -> None:

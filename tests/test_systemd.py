@@ -11,7 +11,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import stat
@@ -21,12 +20,12 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BIN, ROOT, Daemon, raw_exchange, short_tmpdir, wait_for
+from conftest import BIN, ROOT, Daemon, raw_exchange, wait_for
 
 JOBS_DAEMON = [sys.executable, str(ROOT / "tests" / "jobs_daemon.py")]
 STATUS_REQ = b'{"jsonrpc":"2.0","id":1,"method":"query:core.status.v1"}\n'
@@ -84,10 +83,8 @@ class Notifications:
 
 
 @pytest.fixture
-def tmp() -> Iterator[Path]:
-    d = short_tmpdir()
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+def tmp(tmpdir_short: Path) -> Path:
+    return tmpdir_short
 
 
 def socket_activate(listen: list[Path], cmd: list[str], env: dict[str, str],
@@ -127,7 +124,8 @@ def sd_json(sock: Path, *args: str) -> Any:
 
 # --- socket activation and sd_notify -------------------------------------------------------
 
-def test_socket_activated_daemon_notifies_ready_status_watchdog_stopping(tmp: Path) -> None:
+def test_socket_activated_daemon_notifies_ready_status_watchdog_stopping(
+        tmp: Path, spawn: Callable[..., Daemon]) -> None:
     sock, log = tmp / "sd.sock", tmp / "daemon.log"
     notes = Notifications(str(tmp / "notify"))
     proc = socket_activate(
@@ -172,20 +170,18 @@ def test_socket_activated_daemon_notifies_ready_status_watchdog_stopping(tmp: Pa
             proc.wait()
         notes.close()
     # The stop paused the running job at a checkpoint (it did not fail): it goes on after.
-    restarted = Daemon(tmp / "data", tmp / "again.sock").start()
-    try:
-        jobs = sd_json(restarted.socket, "job", "list", "-l", lib)
-        assert isinstance(jobs, list) and len(jobs) == 1, jobs
-        assert jobs[0]["status"] in ("paused", "queued", "running", "completed"), jobs
-    finally:
-        restarted.stop()
+    restarted = spawn(socket_path=tmp / "again.sock").start()
+    jobs = sd_json(restarted.socket, "job", "list", "-l", lib)
+    assert isinstance(jobs, list) and len(jobs) == 1, jobs
+    assert jobs[0]["status"] in ("paused", "queued", "running", "completed"), jobs
 
 
-def test_abstract_notify_socket_foreign_listen_and_watchdog_pids(tmp: Path) -> None:
+def test_abstract_notify_socket_foreign_listen_and_watchdog_pids(
+        spawn: Callable[..., Daemon]) -> None:
     """``@name`` is the abstract namespace; LISTEN_*/WATCHDOG_* meant for another pid are
     ignored (the daemon binds its own socket, as without systemd, and does not ping)."""
     notes = Notifications(f"@sd-test-{uuid.uuid4().hex}")
-    d = Daemon(tmp / "data", tmp / "run" / "sd.sock", env={
+    d = spawn(env={
         "NOTIFY_SOCKET": notes.address, "WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1",
         "LISTEN_FDS": "1", "LISTEN_PID": "1", "LISTEN_FDNAMES": "sd"})
     try:
@@ -201,8 +197,6 @@ def test_abstract_notify_socket_foreign_listen_and_watchdog_pids(tmp: Path) -> N
         notes.wait(lambda f: f.get("STOPPING") == "1", timeout=1)
         assert not d.socket.exists()  # its own socket: removed on stop, as before
     finally:
-        if d.proc is not None and d.proc.poll() is None:
-            d.kill9()
         notes.close()
 
 
@@ -343,33 +337,29 @@ def as_user(uid: int, gid: int, groups: list[int], sock: Path
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="acting as other users needs root (CI runs as root)")
-def test_socket_group_members_may_connect_others_may_not(tmp: Path) -> None:
+def test_socket_group_members_may_connect_others_may_not(
+        tmp: Path, spawn: Callable[..., Daemon]) -> None:
     group, nobody = 4242, 65534
     os.chmod(tmp, 0o711)
-    d = Daemon(tmp / "data", tmp / "run" / "sd.sock", extra_args=["--socket-group", str(group)])
-    d.start()
-    try:
-        st, dst = d.socket.stat(), d.socket.parent.stat()
-        assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o660, group)
-        assert (stat.S_IMODE(dst.st_mode), dst.st_gid) == (0o750, group)
+    d = spawn(extra_args=["--socket-group", str(group)]).start()
+    st, dst = d.socket.stat(), d.socket.parent.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o660, group)
+    assert (stat.S_IMODE(dst.st_mode), dst.st_gid) == (0o750, group)
 
-        primary = as_user(nobody, group, [], d.socket)
-        assert '"result"' in primary.stdout, primary
-        supplementary = as_user(nobody, nobody, [group], d.socket)
-        assert '"result"' in supplementary.stdout, supplementary  # SO_PEERGROUPS
+    primary = as_user(nobody, group, [], d.socket)
+    assert '"result"' in primary.stdout, primary
+    supplementary = as_user(nobody, nobody, [group], d.socket)
+    assert '"result"' in supplementary.stdout, supplementary  # SO_PEERGROUPS
 
-        outsider = as_user(nobody, nobody, [], d.socket)
-        assert "connect: Permission denied" in outsider.stderr, outsider
-        # With the file modes opened by hand, the peer-credential check still refuses.
-        os.chmod(d.socket.parent, 0o755)
-        os.chmod(d.socket, 0o666)
-        outsider = as_user(nobody, nobody, [], d.socket)
-        assert '"code":-32003' in outsider.stdout and '"result"' not in outsider.stdout
-        assert re.search(f"refused connection from pid \\d+ uid {nobody} gid {nobody}", d.log())
-        assert d.stop() == 0
-    finally:
-        if d.proc is not None and d.proc.poll() is None:
-            d.kill9()
+    outsider = as_user(nobody, nobody, [], d.socket)
+    assert "connect: Permission denied" in outsider.stderr, outsider
+    # With the file modes opened by hand, the peer-credential check still refuses.
+    os.chmod(d.socket.parent, 0o755)
+    os.chmod(d.socket, 0o666)
+    outsider = as_user(nobody, nobody, [], d.socket)
+    assert '"code":-32003' in outsider.stdout and '"result"' not in outsider.stdout
+    assert re.search(f"refused connection from pid \\d+ uid {nobody} gid {nobody}", d.log())
+    assert d.stop() == 0
 
 
 def test_unknown_socket_group_is_refused_up_front(tmp: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -154,28 +155,25 @@ def test_the_duplicate_finder_tags_a_new_copy_as_it_lands(daemon: Daemon,
     wait_for(lambda: "copy.txt" not in tagged(daemon, lib), 30, "the changed copy untagged")
 
 
-def test_ids_pending_at_a_kill_9_are_dispatched_after_the_restart(tmpdir_short: Path) -> None:
+def test_ids_pending_at_a_kill_9_are_dispatched_after_the_restart(
+        tmpdir_short: Path, spawn: Callable[..., Daemon]) -> None:
     tree = tmpdir_short / "tree"
     tree.mkdir()
-    d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock").start()
-    try:
-        lib = d.sd_json("library", "create", "L")["id"]
-        src = extension(tmpdir_short, "slow-ext", "*", [
-            {"on": "entries.created", "job": "counter", "debounce_ms": 4000,
-             "state": {"target": 1}}])
-        d.sd("ext", "install", str(src), check=True)
-        loc = add(d, lib, tree)
-        (tree / "x.txt").write_bytes(b"x")
-        x = wait_for(lambda: index(d, lib, loc).get("x.txt"), 10, "x.txt indexed")["id"]
-        wait_for(lambda: trigger_info(d, "slow-ext")["pending"] == 1, 10, "the id pending")
-        d.kill9()  # within the debounce period: nothing was dispatched yet
-        d.start()
-        job = wait_for(lambda: next((j for j in trigger_jobs(d, lib, "slow-ext")
-                                     if state_of(j)["entry_ids"] == [x]), None), 30,
-                       "the pending id dispatched after the restart")
-        assert len(trigger_jobs(d, lib, "slow-ext")) == 1
-        d.watch_job(job["id"], lib)
-        assert trigger_info(d, "slow-ext")["pending"] == 0
-    finally:
-        if d.proc is not None and d.proc.poll() is None:
-            d.stop()
+    d = spawn().start()
+    lib = d.sd_json("library", "create", "L")["id"]
+    src = extension(tmpdir_short, "slow-ext", "*", [
+        {"on": "entries.created", "job": "counter", "debounce_ms": 4000,
+         "state": {"target": 1}}])
+    d.sd("ext", "install", str(src), check=True)
+    loc = add(d, lib, tree)
+    (tree / "x.txt").write_bytes(b"x")
+    x = wait_for(lambda: index(d, lib, loc).get("x.txt"), 10, "x.txt indexed")["id"]
+    wait_for(lambda: trigger_info(d, "slow-ext")["pending"] == 1, 10, "the id pending")
+    d.kill9()  # within the debounce period: nothing was dispatched yet
+    d.start()
+    job = wait_for(lambda: next((j for j in trigger_jobs(d, lib, "slow-ext")
+                                 if state_of(j)["entry_ids"] == [x]), None), 30,
+                   "the pending id dispatched after the restart")
+    assert len(trigger_jobs(d, lib, "slow-ext")) == 1
+    d.watch_job(job["id"], lib)
+    assert trigger_info(d, "slow-ext")["pending"] == 0

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -240,41 +241,38 @@ def test_queue_overflow_falls_back_to_a_rescan(daemon: Daemon, tree: Path) -> No
     rescan_finds_nothing(daemon, lib, loc)
 
 
-def test_watch_limit_falls_back_to_rescans(tmpdir_short: Path, tree: Path) -> None:
+def test_watch_limit_falls_back_to_rescans(tmpdir_short: Path, tree: Path,
+                                           spawn: Callable[..., Daemon]) -> None:
     config = tmpdir_short / "config.json"
     config.write_text(json.dumps({"max_watches_per_location": 4, "watch_retry_s": 1.0}))
-    d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock",
-               extra_args=["--config", str(config)]).start()
-    try:
-        lib = d.sd_json("library", "create", "L")["id"]
-        loc = add(d, lib, tree)  # root, a, b: 3 watches
-        for n in ("p", "q", "r"):
-            (tree / n).mkdir()
-            (tree / n / "f.txt").write_bytes(n.encode())
+    d = spawn(extra_args=["--config", str(config)]).start()
+    lib = d.sd_json("library", "create", "L")["id"]
+    loc = add(d, lib, tree)  # root, a, b: 3 watches
+    for n in ("p", "q", "r"):
+        (tree / n).mkdir()
+        (tree / n / "f.txt").write_bytes(n.encode())
 
-        def fallback_job() -> dict[str, Any] | None:
-            jobs = d.sd_json("job", "list", "--library", lib)
-            return next((j for j in jobs if any("max_watches_per_location" in w
-                                                for w in j["warnings"])), None)
-        job = wait_for(fallback_job, 30, "a rescan job warning about the watch limit")
-        d.watch_job(job["id"], lib)
-        settled(d, lib, loc, tree)
-        row = location(d, lib, loc)
-        assert row["watch_state"].startswith("limited: the daemon's max_watches_per_location (4)")
-        assert row["watch_note"].startswith("watch limit at")
-        r = d.sd("location", "list", "--library", lib, check=True)
-        assert "limited" in r.stdout
-        (tree / "a" / "still-live.txt").write_bytes(b"s")  # watched directories stay live
-        settled(d, lib, loc, tree)
-        # Still limited when watched afresh (watch_retry_s): rescanned again, and what changed
-        # in a directory that is not watched is found by that rescan.
-        (tree / "r" / "unwatched.txt").write_bytes(b"u")
-        settled(d, lib, loc, tree)
-        limit_jobs = [j for j in d.sd_json("job", "list", "--library", lib)
-                      if any("max_watches_per_location" in w for w in j["warnings"])]
-        assert len(limit_jobs) >= 2
-    finally:
-        d.stop()
+    def fallback_job() -> dict[str, Any] | None:
+        jobs = d.sd_json("job", "list", "--library", lib)
+        return next((j for j in jobs if any("max_watches_per_location" in w
+                                            for w in j["warnings"])), None)
+    job = wait_for(fallback_job, 30, "a rescan job warning about the watch limit")
+    d.watch_job(job["id"], lib)
+    settled(d, lib, loc, tree)
+    row = location(d, lib, loc)
+    assert row["watch_state"].startswith("limited: the daemon's max_watches_per_location (4)")
+    assert row["watch_note"].startswith("watch limit at")
+    r = d.sd("location", "list", "--library", lib, check=True)
+    assert "limited" in r.stdout
+    (tree / "a" / "still-live.txt").write_bytes(b"s")  # watched directories stay live
+    settled(d, lib, loc, tree)
+    # Still limited when watched afresh (watch_retry_s): rescanned again, and what changed
+    # in a directory that is not watched is found by that rescan.
+    (tree / "r" / "unwatched.txt").write_bytes(b"u")
+    settled(d, lib, loc, tree)
+    limit_jobs = [j for j in d.sd_json("job", "list", "--library", lib)
+                  if any("max_watches_per_location" in w for w in j["warnings"])]
+    assert len(limit_jobs) >= 2
 
 
 def test_no_watch_and_watch_on_off(daemon: Daemon, tree: Path, tmpdir_short: Path) -> None:
@@ -301,46 +299,42 @@ def test_no_watch_and_watch_on_off(daemon: Daemon, tree: Path, tmpdir_short: Pat
 
 
 def test_kill_9_while_files_change_then_the_next_start_reconciles(
-        tmpdir_short: Path, tree: Path) -> None:
-    d = Daemon(tmpdir_short / "data", tmpdir_short / "run" / "sd.sock").start()
-    try:
-        lib = d.sd_json("library", "create", "L")["id"]
-        loc = add(d, lib, tree)
-        stop = threading.Event()
-        made = threading.Event()
+        tree: Path, spawn: Callable[..., Daemon]) -> None:
+    d = spawn().start()
+    lib = d.sd_json("library", "create", "L")["id"]
+    loc = add(d, lib, tree)
+    stop = threading.Event()
+    made = threading.Event()
 
-        def churn() -> None:
-            i = 0
-            while not stop.is_set():
-                (tree / "b" / f"c{i}.txt").write_bytes(b"c")
-                if i % 3 == 0 and i:
-                    (tree / "b" / f"c{i // 2}.txt").unlink(missing_ok=True)
-                if i % 7 == 1:
-                    os.replace(tree / "b" / f"c{i}.txt", tree / "a" / f"m{i}.txt")
-                i += 1
-                if i == 300:
-                    made.set()
-        t = threading.Thread(target=churn)
-        t.start()
-        try:
-            assert made.wait(30)
-            d.kill9()
-        finally:
-            stop.set()
-            t.join()
-        (tree / "while-down.txt").write_bytes(b"d")
-        d.start()
-        settled(d, lib, loc, tree)
-        jobs = [j for j in d.sd_json("job", "list", "--library", lib) if j["name"] == "locations.index"]
-        assert len(jobs) >= 2  # the first index, and the reconciling rescan at start
-        wait_for(lambda: all(j["status"] == "completed" for j in d.sd_json(
-            "job", "list", "--library", lib)), 30, "the rescan to finish")
-        (tree / "after-restart.txt").write_bytes(b"r")
-        settled(d, lib, loc, tree)
-        rescan_finds_nothing(d, lib, loc)
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            (tree / "b" / f"c{i}.txt").write_bytes(b"c")
+            if i % 3 == 0 and i:
+                (tree / "b" / f"c{i // 2}.txt").unlink(missing_ok=True)
+            if i % 7 == 1:
+                os.replace(tree / "b" / f"c{i}.txt", tree / "a" / f"m{i}.txt")
+            i += 1
+            if i == 300:
+                made.set()
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        assert made.wait(30)
+        d.kill9()
     finally:
-        if d.proc is not None and d.proc.poll() is None:
-            d.stop()
+        stop.set()
+        t.join()
+    (tree / "while-down.txt").write_bytes(b"d")
+    d.start()
+    settled(d, lib, loc, tree)
+    jobs = [j for j in d.sd_json("job", "list", "--library", lib) if j["name"] == "locations.index"]
+    assert len(jobs) >= 2  # the first index, and the reconciling rescan at start
+    wait_for(lambda: all(j["status"] == "completed" for j in d.sd_json(
+        "job", "list", "--library", lib)), 30, "the rescan to finish")
+    (tree / "after-restart.txt").write_bytes(b"r")
+    settled(d, lib, loc, tree)
+    rescan_finds_nothing(d, lib, loc)
 
 
 def test_walk_dirs_finds_every_directory_without_listing_leaves(tmp_path: Path) -> None:
