@@ -348,6 +348,29 @@ def test_stats_keep_no_made_up_method_names(daemon: Daemon, tmpdir_short: Path) 
     assert f["calls"] == {"(unknown method)": 3} and f["errors"] == {"-32601": 3}
 
 
+def test_stats_count_each_call_once(daemon: Daemon, tmpdir_short: Path) -> None:
+    """Each spacedrive_call is counted once, by how it ended: under its name (a call that
+    traps too), a made-up name under "(unknown method)", a payload refused as too large
+    only by its error."""
+    from wasm_guests import data, make_extension, module
+
+    ping, made_up = "query:test.ping.v1", "query:made.up.v1"
+
+    def call(name_at: int, name: str, lib_ptr: int = 0, payload_len: int = 2) -> str:
+        return (f"(drop (call $call (i32.const {name_at}) (i32.const {len(name)}) "
+                f"(i32.const {lib_ptr}) (i32.const 64) (i32.const {payload_len})))")
+
+    init = (call(16, ping, payload_len=0x7FFFFFFF) + call(16, ping) + call(16, ping)
+            + call(96, made_up) + call(16, ping, lib_ptr=0x7FFFFFF0))  # the last one traps
+    wat = module(data(16, ping) + data(64, "{}") + data(96, made_up)
+                 + f'(func (export "plugin_init") (result i32) {init} (i32.const 0))', ("call",))
+    r = daemon.sd("ext", "install", str(make_extension(tmpdir_short / "src", "caller", wat)))
+    assert r.returncode != 0 and "out of bounds" in r.stderr, r.stderr
+    f = _stats(daemon, "caller")["since_start"]
+    assert f["calls"] == {ping: 3, "(unknown method)": 1}
+    assert f["errors"] == {"-32005": 1, "-32601": 1}
+
+
 def test_status_counts_client_subscribers_only(ext_daemon: Daemon, tmpdir_short: Path) -> None:
     """The daemon's own listeners (the extension trigger service, the watcher) are not
     subscribers: `status` and `sd metrics` count the clients streaming events."""

@@ -194,17 +194,6 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
         if env.account:
             errs[code] = errs.get(code, 0) + 1
 
-    def uncount(method: str, instead: str | None) -> None:
-        """Take back a call counted under a name no operation has (names stay bounded)."""
-        if env.account and method in calls:
-            n = calls[method] - 1
-            if n:
-                calls[method] = n
-            else:
-                del calls[method]
-            if instead is not None:
-                calls[instead] = calls.get(instead, 0) + 1
-
     # Fixed for the instance's life; looked up once (this is the guests' hot path).
     dispatch, caller, revoked = env.dispatch, env.caller, env.revoked
     max_payload, max_reply = limits.max_payload_bytes, limits.max_reply_bytes
@@ -212,43 +201,50 @@ def make_host_functions(env: HostEnv) -> dict[str, Callable[[HostCall, tuple[Any
     def spacedrive_call(hc: HostCall, a: tuple[Any, ...]) -> int:
         method_ptr, method_len, lib_ptr, payload_ptr, payload_len = a
         method = _text(hc, method_ptr, method_len, MAX_METHOD_BYTES, "method name")
+        account = env.account
         t0 = 0.0
-        if env.account:
-            n = calls.get(method, 0)
-            calls[method] = n + 1
-            if not n & TIME_MASK:  # the first call of each operation, then one in TIME_ONE_IN
-                t0 = perf_counter()
-        library_id = None if lib_ptr == 0 else _library_id(hc.read(lib_ptr, 16))
-        if payload_len < 0:
-            raise GuestCallError(f"negative payload length {payload_len}")
-        if payload_len > max_payload:
-            count_error(errors.TooLarge.code)
-            uncount(method, None)
-            return reply(hc, error_body(errors.TooLarge(
-                f"payload of {payload_len} bytes exceeds the limit of {max_payload}")))
-        payload = hc.read(payload_ptr, payload_len)
-        if revoked.is_set():
-            raise GuestCallError(f"extension {env.extension_id} was unloaded")
+        # The first call of each operation, then one in TIME_ONE_IN, is timed.
+        if account and not calls.get(method, 0) & TIME_MASK:
+            t0 = perf_counter()
+        # Counted once, as the call ends (a trap too): by its name; a name no operation
+        # has under UNKNOWN_METHOD (a guest's made-up names are not kept); a payload
+        # refused as too large not at all.
+        counted: str | None = method
         try:
-            body = _enc.encode({"ok": dispatch(method, library_id, payload, caller)})
-        except errors.SdError as e:
-            count_error(e.code)
-            if e.code == errors.MethodNotFound.code:
-                uncount(method, UNKNOWN_METHOD)  # a guest's made-up names are not kept
-            body = error_body(e)
-        except Exception as e:
-            log.exception("extension %s: %s failed", env.extension_id, method)
-            count_error(errors.InternalError.code)
-            body = error_body(errors.InternalError(f"internal error: {type(e).__name__}: {e}"))
-        hc_deadline(hc)  # time spent in the host is not the guest's
-        if len(body) > max_reply:
-            count_error(errors.TooLarge.code)
-            body = error_body(errors.TooLarge(
-                f"reply of {len(body)} bytes exceeds the limit of {max_reply}"))
-        if t0:
-            tally.timed_s += perf_counter() - t0
-            tally.timed_calls += 1
-        return reply(hc, body)
+            library_id = None if lib_ptr == 0 else _library_id(hc.read(lib_ptr, 16))
+            if payload_len < 0:
+                raise GuestCallError(f"negative payload length {payload_len}")
+            if payload_len > max_payload:
+                count_error(errors.TooLarge.code)
+                counted = None
+                return reply(hc, error_body(errors.TooLarge(
+                    f"payload of {payload_len} bytes exceeds the limit of {max_payload}")))
+            payload = hc.read(payload_ptr, payload_len)
+            if revoked.is_set():
+                raise GuestCallError(f"extension {env.extension_id} was unloaded")
+            try:
+                body = _enc.encode({"ok": dispatch(method, library_id, payload, caller)})
+            except errors.SdError as e:
+                count_error(e.code)
+                if e.code == errors.MethodNotFound.code:
+                    counted = UNKNOWN_METHOD
+                body = error_body(e)
+            except Exception as e:
+                log.exception("extension %s: %s failed", env.extension_id, method)
+                count_error(errors.InternalError.code)
+                body = error_body(errors.InternalError(f"internal error: {type(e).__name__}: {e}"))
+            hc_deadline(hc)  # time spent in the host is not the guest's
+            if len(body) > max_reply:
+                count_error(errors.TooLarge.code)
+                body = error_body(errors.TooLarge(
+                    f"reply of {len(body)} bytes exceeds the limit of {max_reply}"))
+            if t0:
+                tally.timed_s += perf_counter() - t0
+                tally.timed_calls += 1
+            return reply(hc, body)
+        finally:
+            if account and counted is not None:
+                calls[counted] = calls.get(counted, 0) + 1
 
     def spacedrive_log(hc: HostCall, a: tuple[Any, ...]) -> None:
         level, ptr, length = a
