@@ -79,7 +79,7 @@ async def test_deferred_first_walk_stores_what_a_normal_walk_does(
     fast = await core.libraries.create_library("deferred")
     added = await op(core, fast, "action:locations.add.input.v1", {"path": str(tree), "watch": False})
     out = await (await fast.jobs.get_handle(added["job_id"])).wait()
-    assert out["deferred_indexes"] == 5 and out["inserted"] == len(expected_index(tree))
+    assert out["deferred_indexes"] == 4 and out["inserted"] == len(expected_index(tree))
 
     monkeypatch.setattr(indexer, "DEFER_MIN", 10**9)  # the same walk, indexes kept up
     plain = await core.libraries.create_library("plain")
@@ -171,7 +171,7 @@ async def test_every_query_works_while_indexes_are_deferred(core: Core, tmp_path
                     {"location_id": loc, "min_size": 1, "order": "size", "limit": 10})
     assert page["entries"] and page["next_cursor"]
     out = await (await lib.jobs.get_handle(job_id)).wait()
-    assert out["deferred_indexes"] == 5
+    assert out["deferred_indexes"] == 4
     assert shape(await by_path(core, lib)) == expected_index(tree)
     assert await lib.db.run(deferred.missing) == set()
     assert await lib.db.run(lambda c: c.execute("PRAGMA integrity_check").fetchone()[0]) == "ok"
@@ -241,7 +241,7 @@ def test_a_deferred_walk_stopped_gets_its_indexes_at_the_next_start(
             "SELECT path, kind, size FROM entries WHERE location_id = ? AND missing = 0", (loc,))}
     assert stored == expected_index(tree)
     assert ("making again what a bulk load left deferred: entries_by_extension, "
-            "entries_by_extension_size, entries_by_inode, entries_by_parent, entries_by_size, "
+            "entries_by_extension_size, entries_by_parent, entries_by_size, "
             "entries_insert_drops_listing") in daemon.log()
 
 
