@@ -71,8 +71,12 @@ async def slow_first_walk(core: Core, lib: Library, tmp_path: Path) -> tuple[Pat
     return tree, loc, job_id
 
 
+@pytest.mark.parametrize("sort", ["one thread", "parallel"])
 async def test_deferred_first_walk_stores_what_a_normal_walk_does(
-        core: Core, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        core: Core, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sort: str) -> None:
+    if sort == "parallel":  # the sorter settings of a large library, here on a small one
+        monkeypatch.setattr(indexer, "PARALLEL_SORT_ROWS", 1)
+        monkeypatch.setattr(indexer, "SORT_CACHE_KIB", 64)
     tree = tmp_path / "tree"
     make_tree(tree)
     fresh = await core.libraries.create_library("fresh")
@@ -103,7 +107,8 @@ async def test_deferred_first_walk_stores_what_a_normal_walk_does(
     # checkpointer that ran behind the walk is done).
     def default_settings(c: sqlite3.Connection) -> bool:
         return (c.execute("PRAGMA cache_size").fetchone()[0],
-                c.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == (-2000, 1000)
+                c.execute("PRAGMA wal_autocheckpoint").fetchone()[0],
+                c.execute("PRAGMA threads").fetchone()[0]) == (-2000, 1000, 0)
     await wait_for_async(lambda: fast.db.run(default_settings), 30, "the default settings")
 
 

@@ -82,6 +82,12 @@ _GONE_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 # most twice what this walk inserts, so a walk that crosses the line just before it ends
 # pays at most that.
 DEFER_MIN = 1000
+# Deferred indexes of a table of at least PARALLEL_SORT_ROWS rows are built with SQLite's
+# sorter on SORT_THREADS threads, in runs of SORT_CACHE_KIB: 1.6-1.9 s instead of 2.0-2.1 s
+# for four indexes of 1,000,000 entries here (2 cores); slower on 100,000.
+PARALLEL_SORT_ROWS = 400_000
+SORT_THREADS = max(1, min(4, os.cpu_count() or 1))
+SORT_CACHE_KIB = 8 * 1024
 # Batches of a deferred walk: small, so the walk lists the next one while this one is
 # written (no random index writes to amortise).
 DEFERRED_BATCH = 5000
@@ -244,10 +250,27 @@ def _restore(ctx: JobContext, wal: Checkpointer) -> None:
         wal.kick()
         ctx.report_progress(ctx.progress, f"building the entries' indexes ({done}/{total})")
     t0 = time.monotonic()
-    n = ctx.db.run_sync(lambda c: deferred.restore(c, progress))
+    n = ctx.db.run_sync(lambda c: _build_indexes(c, progress))
     if n:
         ctx.log(f"made {n} deferred indexes and triggers again in "
                 f"{time.monotonic() - t0:.2f} s")
+
+
+def _build_indexes(conn: sqlite3.Connection, progress: Callable[[int, int], None]) -> int:
+    """``deferred.restore``; a large table's indexes are sorted on several threads."""
+    rows = conn.execute("SELECT max(id) FROM entries").fetchone()[0] or 0
+    if rows < PARALLEL_SORT_ROWS:
+        return deferred.restore(conn, progress)
+    # SQLite's sorter hands each run of SORT_CACHE_KIB of keys to a thread of its own and
+    # merges them on several too; one run in memory is quicker for fewer rows.
+    cache = conn.execute("PRAGMA cache_size").fetchone()[0]
+    conn.execute(f"PRAGMA threads={SORT_THREADS}")
+    conn.execute(f"PRAGMA cache_size=-{SORT_CACHE_KIB}")
+    try:
+        return deferred.restore(conn, progress)
+    finally:
+        conn.execute("PRAGMA threads=0")
+        conn.execute(f"PRAGMA cache_size={int(cache)}")
 
 
 def _restore_quietly(ctx: JobContext, wal: Checkpointer) -> None:
