@@ -13,6 +13,8 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from daemon.locations import _listdir, indexer
 
@@ -149,3 +151,32 @@ def test_list_directory_warns_and_descends(odd_dir: Path) -> None:
     assert "skipped a name that is not UTF-8 in odd: b'bad-\\\\udcff\\\\udcfe.txt'" in warnings
     assert any(w.startswith("symlink loop at odd/loop") for w in warnings)
     assert len(warnings) == 3, warnings
+
+
+names = st.binary(min_size=1, max_size=40).filter(
+    lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b".."))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(names, st.sampled_from(["file", "dir", "link", "fifo"]),
+                          st.integers(0, 3000)), max_size=25, unique_by=lambda t: t[0]))
+def test_any_names_agree_with_scandir(tmp_path_factory: pytest.TempPathFactory,
+                                      children: list[tuple[bytes, str, int]]) -> None:
+    """Any bytes a name may hold, any kind of child: the same as scandir + lstat."""
+    d = os.fsencode(tmp_path_factory.mktemp("any"))
+    for name, kind, size in children:
+        path = os.path.join(d, name)
+        if kind == "file":
+            with open(path, "wb") as f:
+                f.truncate(size)
+        elif kind == "dir":
+            os.mkdir(path)
+        elif kind == "link":
+            os.symlink(b"x" * (size % 200 + 1), path)
+        else:
+            os.mkfifo(path)
+    got = listed(Path(os.fsdecode(d)))
+    want = reference(Path(os.fsdecode(d)))
+    assert got[0] == want[0]
+    assert (got[1], got[2], sorted(got[3]), got[4]) == (want[1], want[2], sorted(want[3]), 0)
+    assert len(got[0]) + len(got[3]) == len(children)
