@@ -87,16 +87,29 @@ def open_file(root: str, rel: str) -> int:
     try:
         dfd = open_dir_nofollow(root, "/".join(parts[:-1]))
         try:
-            fd = os.open(parts[-1], FILE_FLAGS, dir_fd=dfd)
+            return _open_regular(dfd, parts[-1], rel)[0]
         finally:
             os.close(dfd)
+    except OSError as e:  # the directory's, or the file's fstat
+        raise _os_error(e, rel) from None
+
+
+def _open_regular(dfd: int, name: str, rel: str) -> tuple[int, os.stat_result]:
+    """An fd on the regular file ``name`` in directory ``dfd``, and its status; the fd is
+    closed on every failure. SdErrors, but the OSError of a failed fstat as it is."""
+    try:
+        fd = os.open(name, FILE_FLAGS, dir_fd=dfd)
     except OSError as e:
         raise _os_error(e, rel) from None
-    st = os.fstat(fd)
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise errors.InvalidState(f"{rel} is not a regular file (it is a {kind_of(st.st_mode)})")
-    return fd
+    return fd, st
 
 
 def _os_error(e: OSError, rel: str) -> errors.SdError:
@@ -183,21 +196,13 @@ class Dirs:
 
     def open_file(self, rel: str) -> tuple[int, os.stat_result]:
         """Like ``open_file``: an fd on the regular file ``rel``, and its status. Raises
-        SdErrors."""
+        SdErrors, but the OSError of a failed fstat as it is."""
         parent, name = _split(rel)
         try:
-            fd = os.open(name, FILE_FLAGS, dir_fd=self._dir(parent))
+            dfd = self._dir(parent)
         except OSError as e:
             raise _os_error(e, rel) from None
-        try:
-            st = os.fstat(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            raise errors.InvalidState(f"{rel} is not a regular file (it is a {kind_of(st.st_mode)})")
-        return fd, st
+        return _open_regular(dfd, name, rel)
 
     def close(self) -> None:
         fds, self._fds = self._fds, {}
