@@ -354,3 +354,24 @@ async def test_finish_scan_looks_for_orphans_without_a_deferred_index(
     assert "entries_by_parent" in await lib.db.run(deferred.missing)
     assert await lib.db.run(lambda c: indexer.finish_scan(c, loc, True)) == 1
     assert shape(await by_path(core, lib)) == expected_index(tree)
+
+
+async def test_a_small_first_walk_makes_what_a_stopped_walk_left_deferred(
+        core: Core, tmp_path: Path) -> None:
+    """Indexes a stopped walk left deferred (a full disk while making them again) are
+    made by the next index job of the library, even a first walk too small to defer."""
+    lib = await core.libraries.create_library("L")
+    fresh = await core.libraries.create_library("fresh")
+    await lib.db.run(lambda c: deferred.defer(c, "entries", indexer.KEEP_LIVE,
+                                              indexer.DEFER_TRIGGERS))
+    assert "entries_by_size" in await lib.db.run(deferred.missing)
+    small = tmp_path / "small"
+    small.mkdir()
+    for i in range(10):
+        (small / f"f{i}.txt").write_bytes(b"x" * i)
+    added = await op(core, lib, "action:locations.add.input.v1",
+                     {"path": str(small), "watch": False})
+    out = await (await lib.jobs.get_handle(added["job_id"])).wait()
+    assert out["deferred_indexes"] == 0 and out["inserted"] == 10
+    assert await lib.db.run(deferred.missing) == set()
+    assert await lib.db.run(index_sql) == await fresh.db.run(index_sql)

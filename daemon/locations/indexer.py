@@ -211,7 +211,9 @@ def index_job(ctx: JobContext, inp: IndexInput) -> dict[str, Any]:
                 if walker.bulk and ctx.interrupt_reason != "shutdown":
                     _restore_quietly(ctx, wal)
                 raise
-            if walker.bulk:  # before the sweep, which uses them; with the walk's cache
+            # Before the sweep, which uses them; with the walk's cache. Also what a stopped
+            # walk left deferred, when this one (a first walk) did not defer them itself.
+            if walker.bulk or db.run_sync(deferred.missing):
                 _restore(ctx, wal)
         finally:
             db.run_sync(_default_cache)
