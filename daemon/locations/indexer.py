@@ -547,7 +547,7 @@ def _listings_sql(location_id: int, rows: int) -> str:
 
 @functools.cache
 def _stored_under_sql(location_id: int, rows: int) -> str:
-    # [dir/, dir0) is exactly the paths under dir (see _delete_subtree)
+    # [dir/, dir0) is exactly the paths under dir (see store.delete_subtree)
     return ("SELECT 1 FROM (VALUES " + ", ".join(["(?)"] * rows) + ") d JOIN entries e "
             f"ON e.location_id = {int(location_id)} AND e.path > d.column1 || '/' "
             "AND e.path < d.column1 || '0' LIMIT 1")
@@ -615,7 +615,7 @@ def apply_batch(conn: sqlite3.Connection, location_id: int, root: str,
                         changed.append((ch[KIND], ch[EXT], ch[SIZE], ch[MTIME], ch[DEV],
                                         ch[INODE], row[0]))
                         if row[1] == "dir" and ch[KIND] != "dir":
-                            _delete_subtree(conn, location_id, join(parent, ch[NAME]))
+                            store.delete_subtree(conn, location_id, join(parent, ch[NAME]))
                     elif row[6]:
                         found.append((row[0],))
                 gone = [(r[0],) for r in existing.values() if not r[6]]
@@ -754,18 +754,12 @@ def _move(conn: sqlite3.Connection, location_id: int, row: tuple[Any, ...], pare
         "missing = 0 WHERE id = ?",
         (new, parent, ch[NAME], ch[EXT], ch[SIZE], ch[MTIME], row[0]))
     if ch[KIND] == "dir":
-        # The subtree follows (see _delete_subtree for the range).
+        # The subtree follows (see store.delete_subtree for the range).
         n = len(old) + 1
         conn.execute(
             "UPDATE OR IGNORE entries SET path = ? || substr(path, ?), parent = ? || substr(parent, ?) "
             "WHERE location_id = ? AND path >= ? AND path < ?",
             (new, n, new, n, location_id, old + "/", old + "0"))
-
-
-def _delete_subtree(conn: sqlite3.Connection, location_id: int, path: str) -> int:
-    """Delete the descendants of ``path`` ('/' + 1 == '0': [path/, path0) is exactly them)."""
-    return conn.execute("DELETE FROM entries WHERE location_id = ? AND path >= ? AND path < ?",
-                        (location_id, path + "/", path + "0")).rowcount
 
 
 def finish_scan(conn: sqlite3.Connection, location_id: int, orphans: bool = True) -> int:

@@ -169,11 +169,18 @@ def delete_missing(conn: sqlite3.Connection, location_id: int,
     removed = 0
     for (path,) in conn.execute("SELECT path FROM entries WHERE location_id = ? AND missing = 1 "
                                 "AND kind = 'dir'", (location_id,)).fetchall():
-        # '/' + 1 == '0': [path/, path0) is exactly the paths under path.
-        removed += _delete(conn, "DELETE FROM entries WHERE location_id = ? AND path >= ? "
-                           "AND path < ?", (location_id, path + "/", path + "0"), ids)
+        removed += delete_subtree(conn, location_id, path, ids)
     return removed + _delete(conn, "DELETE FROM entries WHERE location_id = ? AND missing = 1",
                              (location_id,), ids)
+
+
+def delete_subtree(conn: sqlite3.Connection, location_id: int, path: str,
+                   ids: list[int] | None = None) -> int:
+    """Delete the descendants of ``path`` (not ``path`` itself); returns how many rows
+    went (and adds their ids to ``ids`` when given)."""
+    # '/' + 1 == '0': [path/, path0) is exactly the paths under path.
+    return _delete(conn, "DELETE FROM entries WHERE location_id = ? AND path >= ? AND path < ?",
+                   (location_id, path + "/", path + "0"), ids)
 
 
 def _delete(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...],
