@@ -375,3 +375,23 @@ async def test_a_small_first_walk_makes_what_a_stopped_walk_left_deferred(
     assert out["deferred_indexes"] == 0 and out["inserted"] == 10
     assert await lib.db.run(deferred.missing) == set()
     assert await lib.db.run(index_sql) == await fresh.db.run(index_sql)
+
+
+async def test_a_small_first_walk_leaves_another_walks_deferral_alone(
+        core: Core, tmp_path: Path) -> None:
+    """While another location's first walk has the indexes deferred, a small first walk
+    of the same library does not make them again under it."""
+    lib = await core.libraries.create_library("L")
+    _, _, big = await slow_first_walk(core, lib, tmp_path)
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "a.txt").write_bytes(b"a")
+    added = await op(core, lib, "action:locations.add.input.v1",
+                     {"path": str(small), "watch": False})
+    out = await (await lib.jobs.get_handle(added["job_id"])).wait()
+    assert out["inserted"] == 1
+    assert (await lib.jobs.info(big)).status == "running"
+    assert "entries_by_size" in await lib.db.run(deferred.missing)
+    await lib.jobs.cancel(big)
+    await job_when(lib, big, lambda i: i.status == "cancelled")
+    assert await lib.db.run(deferred.missing) == set()

@@ -212,8 +212,10 @@ def index_job(ctx: JobContext, inp: IndexInput) -> dict[str, Any]:
                     _restore_quietly(ctx, wal)
                 raise
             # Before the sweep, which uses them; with the walk's cache. Also what a stopped
-            # walk left deferred, when this one (a first walk) did not defer them itself.
-            if walker.bulk or db.run_sync(deferred.missing):
+            # walk left deferred, when this one (a first walk) did not defer them itself
+            # and no other walk of the library (which may have deferred them) is running.
+            if walker.bulk or (not walker.moves and db.run_sync(
+                    lambda c: _left_deferred(c, ctx.name, ctx.job_id))):
                 _restore(ctx, wal)
         finally:
             db.run_sync(_default_cache)
@@ -256,6 +258,13 @@ def _restore(ctx: JobContext, wal: Checkpointer) -> None:
     if n:
         ctx.log(f"made {n} deferred indexes and triggers again in "
                 f"{time.monotonic() - t0:.2f} s")
+
+
+def _left_deferred(conn: sqlite3.Connection, job_name: str, job_id: str) -> bool:
+    """Indexes are deferred and no other indexer job is running (none deferred them)."""
+    return bool(deferred.missing(conn)) and conn.execute(
+        "SELECT 1 FROM jobs WHERE name = ? AND status = 'running' AND id != ? LIMIT 1",
+        (job_name, job_id)).fetchone() is None
 
 
 def _build_indexes(conn: sqlite3.Connection, progress: Callable[[int, int], None]) -> int:
