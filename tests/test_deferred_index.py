@@ -395,3 +395,39 @@ async def test_a_small_first_walk_leaves_another_walks_deferral_alone(
     await lib.jobs.cancel(big)
     await job_when(lib, big, lambda i: i.status == "cancelled")
     assert await lib.db.run(deferred.missing) == set()
+
+
+async def test_a_page_reads_what_is_deferred_only_after_a_change(core: Core, tmp_path: Path) -> None:
+    """entries.list reads the deferred_indexes table once, then not again until a defer
+    or restore writes it; every page names exactly the indexes that are there."""
+    lib = await core.libraries.create_library("L")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(10):
+        (tree / f"f{i}.txt").write_bytes(b"x" * i)
+    added = await op(core, lib, "action:locations.add.input.v1", {"path": str(tree), "watch": False})
+    await (await lib.jobs.get_handle(added["job_id"])).wait()
+    statements: list[str] = []
+    await lib.db.run(lambda c: c.set_trace_callback(statements.append))
+
+    async def page() -> tuple[int, bool]:
+        """(statements reading the table, whether entries_by_size was named) for one page."""
+        statements.clear()
+        got = await op(core, lib, "query:entries.list.v1",
+                       {"location_id": added["location"]["id"], "order": "size", "limit": 4})
+        assert [e["size"] for e in got["entries"]] == [0, 1, 2, 3]
+        return (sum(deferred.TABLE in s for s in statements),
+                any("INDEXED BY entries_by_size" in s for s in statements))
+
+    try:
+        await page()
+        assert await page() == (0, True)  # nothing deferred: no statement for it
+        await lib.db.run(lambda c: deferred.defer(c, "entries", indexer.KEEP_LIVE,
+                                                  indexer.DEFER_TRIGGERS))
+        assert await page() == (1, False)
+        assert await page() == (0, False)
+        assert await lib.db.run(deferred.restore) == 5
+        assert await page() == (1, True)
+        assert await page() == (0, True)
+    finally:
+        await lib.db.run(lambda c: c.set_trace_callback(None))

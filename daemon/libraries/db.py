@@ -64,6 +64,14 @@ def _low_space(path: Path) -> bool:
         return False
 
 
+class Connection(sqlite3.Connection):
+    """A Database's connection: sqlite3's, with what ``daemon.libraries.deferred`` knows
+    is deferred (None: not known; it then reads its table). Only the database thread
+    touches either, so the two cannot disagree between statements."""
+
+    deferred: frozenset[str] | None = None
+
+
 class Database:
     """One SQLite file and the single thread that talks to it."""
 
@@ -89,7 +97,7 @@ class Database:
 
     def _open(self, migrations: list[str]) -> None:
         self._thread_id = threading.get_ident()
-        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn = sqlite3.connect(self.path, isolation_level=None, factory=Connection)
         try:
             self._prepare(conn, migrations)
         except BaseException:

@@ -11,7 +11,10 @@ an index is either there or recorded, never lost. A library database restores an
 recorded index when it is opened, before its migrations (``Database``).
 
 Readers must not name a deferred index (``INDEXED BY`` fails when it is missing):
-``missing`` says which are.
+``missing`` says which are. On a ``Database``'s connection it reads the table once and
+keeps the answer on the connection until ``defer`` or ``restore`` writes the table
+(every statement runs on that connection's one thread), so a page of entries costs no
+statement for it; a database reopened (a restart) starts with nothing known.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Collection
 
-from daemon.libraries.db import transaction
+from daemon.libraries.db import Connection, transaction
 
 log = logging.getLogger("sd.db")
 
@@ -34,23 +37,36 @@ def defer(conn: sqlite3.Connection, table: str, keep: Collection[str],
     """Drop ``table``'s indexes but those in ``keep`` (and the automatic ones of its
     UNIQUE constraints), and the named ``triggers``, recording how to make each again;
     returns their names."""
-    with transaction(conn):
-        rows = conn.execute(
-            "SELECT type, name, sql FROM sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL "
-            "AND ((type = 'index' AND name NOT IN (SELECT value FROM json_each(?))) "
-            "OR (type = 'trigger' AND name IN (SELECT value FROM json_each(?)))) ORDER BY name",
-            (table, json.dumps(sorted(keep)), json.dumps(sorted(triggers)))).fetchall()
-        now = time.time()
-        for kind, name, sql in rows:
-            conn.execute(f"INSERT OR REPLACE INTO {TABLE} (name, tbl, sql, deferred_at) "
-                         "VALUES (?, ?, ?, ?)", (name, table, sql, now))
-            conn.execute(f'DROP {"TRIGGER" if kind == "trigger" else "INDEX"} "{name}"')
+    try:
+        with transaction(conn):
+            rows = conn.execute(
+                "SELECT type, name, sql FROM sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL "
+                "AND ((type = 'index' AND name NOT IN (SELECT value FROM json_each(?))) "
+                "OR (type = 'trigger' AND name IN (SELECT value FROM json_each(?)))) ORDER BY name",
+                (table, json.dumps(sorted(keep)), json.dumps(sorted(triggers)))).fetchall()
+            now = time.time()
+            for kind, name, sql in rows:
+                conn.execute(f"INSERT OR REPLACE INTO {TABLE} (name, tbl, sql, deferred_at) "
+                             "VALUES (?, ?, ?, ?)", (name, table, sql, now))
+                conn.execute(f'DROP {"TRIGGER" if kind == "trigger" else "INDEX"} "{name}"')
+    finally:  # committed or rolled back: read again
+        _forget(conn)
     return [name for _, name, _ in rows]
 
 
-def missing(conn: sqlite3.Connection) -> set[str]:
+def missing(conn: sqlite3.Connection) -> frozenset[str]:
     """The names of what is deferred now (dropped, not yet made again)."""
-    return {name for (name,) in conn.execute(f"SELECT name FROM {TABLE}")}
+    known = conn.deferred if isinstance(conn, Connection) else None
+    if known is None:
+        known = frozenset(name for (name,) in conn.execute(f"SELECT name FROM {TABLE}"))
+        if isinstance(conn, Connection):
+            conn.deferred = known
+    return known
+
+
+def _forget(conn: sqlite3.Connection) -> None:
+    if isinstance(conn, Connection):
+        conn.deferred = None
 
 
 def restore(conn: sqlite3.Connection,
@@ -58,15 +74,18 @@ def restore(conn: sqlite3.Connection,
     """Make every deferred index again; returns how many. ``progress(done, total)`` is
     called before each one. A failure (a full disk) leaves the rest recorded."""
     rows = conn.execute(f"SELECT name, sql FROM {TABLE} ORDER BY name").fetchall()
-    for done, (name, sql) in enumerate(rows):
-        if progress is not None:
-            progress(done, len(rows))
-        with transaction(conn):
-            exists = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?",
-                                  (name,)).fetchone()
-            if exists is None:
-                conn.execute(sql)
-            conn.execute(f"DELETE FROM {TABLE} WHERE name = ?", (name,))
+    try:
+        for done, (name, sql) in enumerate(rows):
+            if progress is not None:
+                progress(done, len(rows))
+            with transaction(conn):
+                exists = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?",
+                                      (name,)).fetchone()
+                if exists is None:
+                    conn.execute(sql)
+                conn.execute(f"DELETE FROM {TABLE} WHERE name = ?", (name,))
+    finally:  # all made again, or some still recorded: read again
+        _forget(conn)
     return len(rows)
 
 
