@@ -8,9 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import BUILT_EXTENSIONS, Daemon, wait_for
+import pytest
+from conftest import BUILT_EXTENSIONS, Daemon, wait_for, wait_for_async
 from test_duplicate_finder_live import state_of, tagged
 from test_watch import add, call, index
+
+from daemon.app import open_app
+from daemon.config import DaemonConfig
+from daemon.events import EntriesCreated
+from daemon.extensions import triggers
 
 TEST_EXT = BUILT_EXTENSIONS / "test-extension"
 
@@ -155,8 +161,10 @@ def test_the_duplicate_finder_tags_a_new_copy_as_it_lands(daemon: Daemon,
     wait_for(lambda: "copy.txt" not in tagged(daemon, lib), 30, "the changed copy untagged")
 
 
-def test_ids_pending_at_a_kill_9_are_dispatched_after_the_restart(
-        tmpdir_short: Path, spawn: Callable[..., Daemon]) -> None:
+def slow_trigger(tmpdir_short: Path, spawn: Callable[..., Daemon]
+                 ) -> tuple[Daemon, str, Path, int]:
+    """A daemon with a library, a watched location of an empty tree and an extension
+    whose trigger waits 4 s: (daemon, library, tree, location)."""
     tree = tmpdir_short / "tree"
     tree.mkdir()
     d = spawn().start()
@@ -165,7 +173,12 @@ def test_ids_pending_at_a_kill_9_are_dispatched_after_the_restart(
         {"on": "entries.created", "job": "counter", "debounce_ms": 4000,
          "state": {"target": 1}}])
     d.sd("ext", "install", str(src), check=True)
-    loc = add(d, lib, tree)
+    return d, lib, tree, add(d, lib, tree)
+
+
+def test_ids_pending_at_a_kill_9_are_dispatched_after_the_restart(
+        tmpdir_short: Path, spawn: Callable[..., Daemon]) -> None:
+    d, lib, tree, loc = slow_trigger(tmpdir_short, spawn)
     (tree / "x.txt").write_bytes(b"x")
     x = wait_for(lambda: index(d, lib, loc).get("x.txt"), 10, "x.txt indexed")["id"]
     wait_for(lambda: trigger_info(d, "slow-ext")["pending"] == 1, 10, "the id pending")
@@ -177,3 +190,106 @@ def test_ids_pending_at_a_kill_9_are_dispatched_after_the_restart(
     assert len(trigger_jobs(d, lib, "slow-ext")) == 1
     d.watch_job(job["id"], lib)
     assert trigger_info(d, "slow-ext")["pending"] == 0
+
+
+def test_pending_ids_are_appended_and_survive_a_torn_line_and_the_old_file(
+        tmpdir_short: Path, spawn: Callable[..., Daemon]) -> None:
+    """Each event adds its own ids to the pending file, the ids already there are not
+    written again; a restart dispatches them, past a line torn by a kill mid-write, and
+    from the file's former one-list form too."""
+    d, lib, tree, loc = slow_trigger(tmpdir_short, spawn)
+    pending = d.data_dir / "extensions" / "triggers-pending.json"
+    ids: list[int] = []
+    snapshots = []
+
+    def create(name: str) -> None:
+        (tree / name).write_bytes(b"x")
+        ids.append(wait_for(lambda: index(d, lib, loc).get(name), 10, f"{name} indexed")["id"])
+        wait_for(lambda: trigger_info(d, "slow-ext")["pending"] == len(ids), 10, "ids pending")
+        snapshots.append(pending.read_bytes())
+
+    create("a.txt")
+    create("b.txt")
+    first, both = snapshots
+    assert both.startswith(first)  # appended, not rewritten
+    assert [json.loads(line) for line in both.splitlines()] == [
+        ["+", "slow-ext", 0, lib, [ids[0]]], ["+", "slow-ext", 0, lib, [ids[1]]]]
+    d.kill9()  # within the debounce period: nothing was dispatched yet
+    with open(pending, "ab") as f:
+        f.write(b'["+","slow-ext",0,"' + lib.encode() + b'",[99')  # a kill mid-write
+    d.start()
+
+    def job_for(want: list[int]) -> dict[str, Any] | None:
+        return next((j for j in trigger_jobs(d, lib, "slow-ext")
+                     if state_of(j)["entry_ids"] == want), None)
+
+    job = wait_for(lambda: job_for(ids), 30, "the pending ids dispatched after the restart")
+    d.watch_job(job["id"], lib)
+    wait_for(lambda: trigger_info(d, "slow-ext")["pending"] == 0, 10, "nothing pending")
+    assert pending.read_bytes() == b""  # nothing pending: the journal is emptied
+
+    d.kill9()
+    pending.write_text(json.dumps([["slow-ext", 0, lib, [ids[1]]]]))  # as sd wrote it before
+    d.start()
+    job = wait_for(lambda: job_for([ids[1]]), 30, "the id of the old file dispatched")
+    d.watch_job(job["id"], lib)
+    assert len(trigger_jobs(d, lib, "slow-ext")) == 2
+    assert "ignoring line 3" in d.log()
+
+
+async def test_a_stream_of_events_keeps_the_pending_file_small_and_true(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ids added while jobs take them (a backlog that never runs out): after every change
+    the file holds exactly the ids pending, and is rewritten before it outgrows them
+    (here: past about twice their size)."""
+    monkeypatch.setattr(triggers, "COMPACT_BYTES", 0)
+    monkeypatch.setattr(triggers, "COMPACT_RATIO", 1)
+    data = tmp_path / "data"
+    (data / "extensions").mkdir(parents=True)
+    extension(data / "extensions", "stream-ext", "*", [
+        {"on": "entries.created", "job": "counter", "debounce_ms": 10, "max_entries": 25,
+         "state": {"target": 1, "spin": 3_000_000}}])
+    core = (await open_app(data, DaemonConfig(data_dir=data, socket_path=data / "s.sock"))).core
+    try:
+        assert core.plugin_manager is not None and core.triggers is not None
+        pm, svc = core.plugin_manager, core.triggers
+        await pm.load_plugin("stream-ext")
+        lib = await core.libraries.create_library("L")
+        pending = data / "extensions" / "triggers-pending.json"
+
+        def check() -> int:
+            """The file against memory; how many ids are pending."""
+            held = {k: set(s.ids) for k, s in svc._slots.items() if s.ids}
+            assert {k: set(v) for k, v in svc._load().items() if v} == held
+            n = sum(map(len, held.values()))
+            size = pending.stat().st_size if pending.exists() else 0
+            assert size <= 16 * (n + len(svc._slots)), (size, n)
+            return n
+
+        def fired() -> int:
+            return svc.describe("stream-ext", pm.info("stream-ext").manifest.triggers)[0].fired
+
+        def publish(ids: list[int]) -> None:
+            core.events.publish(EntriesCreated(library_id=lib.id, location_id=1, entry_ids=ids))
+
+        publish(list(range(1, 201)))
+        backlog = []
+        for n in range(40):  # 25 ids in, a job of 25 out, each time
+            publish([*range(201 + n * 25, 226 + n * 25), 201 + n * 25])  # one id twice
+            await wait_for_async(lambda: fired() > n, 30, "the next job")  # noqa: B023
+            backlog.append(check())
+        assert min(backlog) > 0  # the file was never emptied: it was compacted
+        want = list(range(1, 1201))
+
+        async def dispatched() -> list[int]:
+            jobs = await lib.jobs.list(extension_id="stream-ext", limit=1000)
+            return sorted(x for j in jobs for x in json.loads(j.input["state_json"])["entry_ids"])
+
+        async def all_dispatched() -> bool:
+            return await dispatched() == want
+        await wait_for_async(all_dispatched, 60, "every id dispatched")
+        await wait_for_async(lambda: not any(s.ids or s.job_id for s in svc._slots.values()),
+                             60, "the last job ended")
+        assert check() == 0 and pending.read_bytes() == b""
+    finally:
+        await core.shutdown()

@@ -14,10 +14,15 @@ Limits are the extension's own: a library the manifest does not grant is refused
 extension's rate (``requests_per_minute``; a refused dispatch is retried a second
 later), and the job runs under its concurrency gate like any of its jobs.
 Triggers can be paused per extension (remembered across restarts); events while
-paused are counted and dropped. Ids collected and not yet dispatched are written to
-``<plugin-dir>/triggers-pending.json`` as they arrive and dispatched after a restart
-(even after ``kill -9``); a kill between dispatching a job and noting it may dispatch
-those ids twice, never lose them.
+paused are counted and dropped. Ids collected and not yet dispatched are kept in
+``<plugin-dir>/triggers-pending.json`` and dispatched after a restart (even after
+``kill -9``); a kill between dispatching a job and noting it may dispatch those ids
+twice, never lose them. The file is a journal, one JSON line per change: ids added
+to a slot (``["+", ext, trigger, library, ids]``, only those not already pending)
+or taken by a job (``"-"``), so an event costs a write of its own ids, not of every
+id pending. It is rewritten whole (only what is pending) at start, when nothing is
+pending any more, on the rare clears, after a failed write, and once it is several
+times the size of what it holds. A torn last line (a kill mid-write) is skipped.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -41,6 +46,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("sd.triggers")
 _JOB_ENDS = ("job.completed", "job.failed", "job.cancelled")
 RETRY_S = 1.0
+# The journal is rewritten once past this size and COMPACT_RATIO times what it holds.
+COMPACT_BYTES = 1 << 20
+COMPACT_RATIO = 4
+
+_Key = tuple[str, int, str]  # extension, trigger index, library
+_Line = tuple[Literal["+", "-"], str, int, str, list[int]]  # added or taken, _Key, ids
+_Legacy = list[tuple[str, int, str, list[int]]]  # the file before it was a journal
 
 
 class TriggerInfo(msgspec.Struct):
@@ -84,7 +96,7 @@ class TriggerService:
         self._bus = bus
         self._plugins = plugins
         self._libraries = libraries
-        self._slots: dict[tuple[str, int, str], _Slot] = {}
+        self._slots: dict[_Key, _Slot] = {}
         self._counts: dict[tuple[str, int], _Counts] = {}
         self._by_job: dict[str, tuple[str, int, str]] = {}
         self._firing: set[asyncio.Task[None]] = set()
@@ -93,6 +105,8 @@ class TriggerService:
         self._paused: set[str] | None = None
         # Ids collected and not yet dispatched, kept across a stop or a kill -9.
         self._pending_file = plugins.plugin_dir / "triggers-pending.json"
+        self._journal_bytes = 0  # the file's size as written by this process
+        self._rewrite = True  # the file must be rewritten whole before the next append
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -100,33 +114,84 @@ class TriggerService:
         if self._task is not None:
             return
         self._task = asyncio.create_task(self._listen(), name="triggers")
-        try:
-            saved = msgspec.json.decode(self._pending_file.read_bytes(),
-                                        type=list[tuple[str, int, str, list[int]]])
-        except FileNotFoundError:
-            saved = []
-        except msgspec.DecodeError as e:
-            log.error("ignoring %s: %s", self._pending_file, e)
-            saved = []
-        for ext_id, i, lib_id, ids in saved:
+        saved = self._load()
+        for (ext_id, i, lib_id), ids in saved.items():
             trigger = self._trigger(ext_id, i)
             if trigger is None or not ids:
                 continue  # the extension or its trigger is gone
             slot = self._slots.setdefault((ext_id, i, lib_id), _Slot())
-            slot.ids.update(dict.fromkeys(ids))
+            slot.ids.update(ids)
             self._arm(ext_id, i, lib_id, slot, trigger)
         if saved:
             log.info("%d trigger batches pending from the last run", len(saved))
         self._save()
 
+    def _load(self) -> dict[_Key, dict[int, None]]:
+        """The ids the file holds pending, per slot (its old one-list form too)."""
+        try:
+            data = self._pending_file.read_bytes()
+        except FileNotFoundError:
+            return {}
+        try:
+            legacy = msgspec.json.decode(data, type=_Legacy)
+            return {(e, i, lib): dict.fromkeys(ids) for e, i, lib, ids in legacy}
+        except msgspec.DecodeError:
+            pass
+        saved: dict[_Key, dict[int, None]] = {}
+        for n, raw in enumerate(data.split(b"\n"), 1):
+            if not raw:
+                continue
+            try:
+                op, ext_id, i, lib_id, ids = msgspec.json.decode(raw, type=_Line)
+            except msgspec.DecodeError as e:
+                log.error("%s: ignoring line %d: %s", self._pending_file, n, e)
+                continue
+            slot = saved.setdefault((ext_id, i, lib_id), {})
+            if op == "+":
+                slot.update(dict.fromkeys(ids))
+            else:
+                for entry_id in ids:
+                    slot.pop(entry_id, None)
+        return saved
+
     def _save(self) -> None:
-        """Write the pending ids (small: at most the ids of the last debounce periods)."""
-        pending = [(k[0], k[1], k[2], list(s.ids)) for k, s in self._slots.items() if s.ids]
-        if not pending and not self._pending_file.exists():
+        """Rewrite the file whole: the pending ids, one line a slot."""
+        lines = b"".join(msgspec.json.encode(("+", *k, list(s.ids))) + b"\n"
+                         for k, s in self._slots.items() if s.ids)
+        if not lines and not self._pending_file.exists():
+            self._rewrite = False
             return
+        self._rewrite = True
         tmp = self._pending_file.with_suffix(".tmp")
-        tmp.write_bytes(msgspec.json.encode(pending))
+        tmp.write_bytes(lines)
         os.replace(tmp, self._pending_file)
+        self._journal_bytes = len(lines)
+        self._rewrite = False
+
+    def _append(self, changes: list[tuple[str, _Key, list[int]]]) -> None:
+        """Note ids added to (``+``) or taken from (``-``) slots, already done in memory."""
+        if self._rewrite or not any(s.ids for s in self._slots.values()):
+            self._save()
+            return
+        data = b"".join(msgspec.json.encode((op, *key, ids)) + b"\n"
+                        for op, key, ids in changes if ids)
+        if not data:
+            return
+        self._rewrite = True  # until the whole line is down: a torn one is never appended to
+        fd = os.open(self._pending_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                     0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        self._rewrite = False
+        self._journal_bytes += len(data)
+        if self._journal_bytes > COMPACT_BYTES:
+            held = sum(len(s.ids) for s in self._slots.values())
+            if self._journal_bytes > COMPACT_RATIO * 16 * (held + len(self._slots)):
+                self._save()
 
     async def close(self) -> None:
         if self._task is not None:
@@ -199,7 +264,7 @@ class TriggerService:
         if lib_id is None:
             return
         paused = None
-        added = False
+        added: list[tuple[str, _Key, list[int]]] = []
         for ext_id, manifest, policy in self._plugins.triggering():
             for i, t in enumerate(manifest.triggers):
                 if t.on != kind:
@@ -216,12 +281,14 @@ class TriggerService:
                                          f"library {lib_id}")
                     log.info("trigger %s of %s %s", t.on, ext_id, counts.last_error)
                     continue
-                slot = self._slots.setdefault((ext_id, i, lib_id), _Slot())
-                slot.ids.update(dict.fromkeys(event.entry_ids))
-                added = True
+                key = (ext_id, i, lib_id)
+                slot = self._slots.setdefault(key, _Slot())
+                new = [x for x in dict.fromkeys(event.entry_ids) if x not in slot.ids]
+                slot.ids.update(dict.fromkeys(new))
+                added.append(("+", key, new))
                 self._arm(ext_id, i, lib_id, slot, t)
         if added:
-            self._save()
+            self._append(added)
 
     def _arm(self, ext_id: str, i: int, lib_id: str, slot: _Slot, t: Trigger,
              delay: float | None = None) -> None:
@@ -301,7 +368,8 @@ class TriggerService:
             slot.dispatching = False
         for entry_id in ids:
             del slot.ids[entry_id]
-        self._save()  # after the job is persisted: a kill in between dispatches them twice
+        self._append([("-", key, ids)])  # after the job is persisted: a kill in between
+        # dispatches them twice
         slot.job_id = job_id
         self._by_job[job_id] = key
         counts.fired += 1
