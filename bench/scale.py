@@ -158,6 +158,7 @@ def run(tmp: Path, files: int) -> list[Row]:
     t0 = time.perf_counter()
     entries = make_tree(root, files)
     made = time.perf_counter() - t0
+    os.sync()  # as in bench/index_rows.py: no writeback of the new tree during the rows
     print(f"  tree of {entries:,} entries made in {made:.0f} s", file=sys.stderr, flush=True)
     walk = walk_rate(root, entries)
     with daemon(tmp, "scale") as d:
