@@ -322,3 +322,43 @@ def test_a_version_is_compiled_and_initialised_once(daemon: Daemon, tmpdir_short
     assert (ext["state"], ext["manifest"]["version"]) == ("loaded", "0.0.2")
     assert ext["module_sha256"] == sha(v2) and ext["previous_version"] == "0.0.3"
     assert installed.read_bytes() == (v2 / "pinger.wasm").read_bytes()
+
+
+def test_an_upgrade_whose_swap_fails_cleans_up_the_new_version(
+        small_disk: Path, spawn: Callable[..., Daemon], tmpdir_short: Path) -> None:
+    """The new version is initialised before the swap; when the swap then fails (a full
+    disk), its plugin_cleanup runs too: every init is paired with a cleanup."""
+    from conftest import fill
+    from wasm_guests import IMPORTS, PRELUDE, data
+
+    ping = "query:test.ping.v1"
+    call = (f"(drop (call $call (i32.const 16) (i32.const {len(ping)}) (i32.const 0) "
+            "(i32.const 64) (i32.const 2)))")
+    prelude = PRELUDE.replace('(func (export "plugin_cleanup") (result i32) (i32.const 0))', "")
+
+    def pinger(version: str, ext_id: str = "pinger") -> Path:
+        """Pings the host once in plugin_init and once in plugin_cleanup."""
+        wat = ("(module\n" + IMPORTS["call"] + prelude + data(16, ping) + data(64, "{}")
+               + data(128, f"pinger {version}")
+               + f'(func (export "plugin_init") (result i32) {call} (i32.const 0)) '
+               + f'(func (export "plugin_cleanup") (result i32) {call} (i32.const 0)))')
+        return make_extension(tmpdir_short / "src" / f"{ext_id}-{version}", ext_id, wat,
+                              version=version)
+
+    d = spawn(small_disk).start()
+    d.sd("ext", "install", str(pinger("0.0.1")), check=True)
+    d.sd("ext", "install", str(pinger("0.0.2", "warm-up")), check=True)  # 0.0.2 compiled
+    d.sd("ext", "unload", "warm-up", check=True)
+
+    def pings() -> int:
+        calls = d.sd_json("ext", "stats", "pinger")[0]["since_start"]["calls"]
+        return int(calls.get(ping, 0))
+
+    assert pings() == 1  # 0.0.1's init
+    fill(small_disk / "filler")
+    r = d.sd("ext", "upgrade", str(pinger("0.0.2")))
+    assert r.returncode != 0, r.stdout
+    # 0.0.1's cleanup, 0.0.2's init, then its cleanup after the failed swap.
+    assert pings() == 4, r.stderr + d.log()
+    (small_disk / "filler").unlink()
+    assert d.sd_json("status")["pid"] == d.proc.pid  # still serving

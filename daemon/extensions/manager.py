@@ -501,18 +501,24 @@ class PluginManager:
             new.main = None
             raise
         ext_id = manifest.id
-        async with self._lock:
-            loaded = self._plugins.get(ext_id)
-        if loaded is not None:
-            await self.unload_plugin(ext_id, remember=False, reason="upgrade")
-        await self._swap_in(manifest, source, checked)
-        new.directory = self.plugin_dir / ext_id
-        log.info("extension %s: %s (the version before it is kept)", ext_id, what)
-        async with self._lock:
-            current = self._plugins.get(ext_id)
-            taken = current is not None and current.state == "loaded"  # loaded meanwhile
-            if not taken:
-                self._register(new)
+        try:
+            async with self._lock:
+                loaded = self._plugins.get(ext_id)
+            if loaded is not None:
+                await self.unload_plugin(ext_id, remember=False, reason="upgrade")
+            await self._swap_in(manifest, source, checked)
+            new.directory = self.plugin_dir / ext_id
+            log.info("extension %s: %s (the version before it is kept)", ext_id, what)
+            async with self._lock:
+                current = self._plugins.get(ext_id)
+                taken = current is not None and current.state == "loaded"  # loaded meanwhile
+                if not taken:
+                    self._register(new)
+        except BaseException:
+            # Its plugin_init ran: its plugin_cleanup runs too (the swap failed, e.g. a
+            # full disk; the version installed before stays on disk, loaded at next start).
+            await self._cleanup(new)
+            raise
         if taken:
             await self._cleanup(new)
         elif self._on_loaded is not None:
