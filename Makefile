@@ -14,6 +14,7 @@ setup: $(STAMP)
 # Re-installs (and compiles daemon/locations/_listdir.c) only when one of these changes.
 $(STAMP): pyproject.toml setup.py daemon/locations/_listdir.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	bash scripts/ensure-build-tools.sh $(PY)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
 	touch $(STAMP)
 

@@ -72,6 +72,7 @@ do_install() {
     cp "$ROOT/README.md" "$src/" 2>/dev/null || touch "$src/README.md"
     find "$src" -name __pycache__ -prune -exec rm -rf {} +
     find "$src" -name '*.so' -delete  # compiled again for the service's Python (setup.py)
+    bash "$ROOT/scripts/ensure-build-tools.sh" "$SERVICE_PYTHON"  # compiles _listdir.c
     "$SERVICE_PYTHON" -m venv --clear "$PREFIX/venv"
     "$PREFIX/venv/bin/pip" install -q --disable-pip-version-check "$src"
     rm -rf "$src"
