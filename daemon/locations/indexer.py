@@ -82,9 +82,10 @@ _GONE_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 # most twice what this walk inserts, so a walk that crosses the line just before it ends
 # pays at most that.
 DEFER_MIN = 1000
-# Deferred indexes of a table of at least PARALLEL_SORT_ROWS rows are built with SQLite's
-# sorter on SORT_THREADS threads, in runs of SORT_CACHE_KIB: 1.6-1.9 s instead of 2.0-2.1 s
-# for four indexes of 1,000,000 entries here (2 cores); slower on 100,000.
+# Deferred indexes of a table whose largest id is PARALLEL_SORT_ROWS or more (about its
+# rows, read in one index seek) are built with SQLite's sorter on SORT_THREADS threads, in
+# runs of SORT_CACHE_KIB: 1.6-1.9 s instead of 2.0-2.1 s for four indexes of 1,000,000
+# entries here (2 cores); slower on 100,000.
 PARALLEL_SORT_ROWS = 400_000
 SORT_THREADS = max(1, min(4, os.cpu_count() or 1))
 SORT_CACHE_KIB = 8 * 1024
