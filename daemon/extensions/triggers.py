@@ -263,16 +263,13 @@ class TriggerService:
         lib_id = event.library_id
         if lib_id is None:
             return
-        paused = None
         added: list[tuple[str, _Key, list[int]]] = []
         for ext_id, manifest, policy in self._plugins.triggering():
             for i, t in enumerate(manifest.triggers):
                 if t.on != kind:
                     continue
-                if paused is None:
-                    paused = self.paused()
                 counts = self._counts.setdefault((ext_id, i), _Counts())
-                if ext_id in paused:
+                if ext_id in self.paused():
                     counts.ignored += 1
                     continue
                 if not policy.allows_library(lib_id):
