@@ -8,16 +8,8 @@ PY="${1:-python3}"
 include="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
 if command -v cc >/dev/null 2>&1 && [ -f "$include/Python.h" ]; then exit 0; fi
 
-echo "ensure-build-tools: installing gcc libc6-dev python3-dev (for $include/Python.h)" >&2
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-        echo "ensure-build-tools: not root and no sudo: as root run apt-get install -y gcc libc6-dev python3-dev" >&2
-        exit 1
-    fi
-fi
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends gcc libc6-dev python3-dev
+source "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
+apt_install ensure-build-tools gcc libc6-dev python3-dev
 if ! command -v cc >/dev/null 2>&1 || [ ! -f "$include/Python.h" ]; then
     echo "ensure-build-tools: still no C compiler or $include/Python.h (is $PY Debian's python3?)" >&2
     exit 1

@@ -26,16 +26,8 @@ for tool in "${!PACKAGE_OF[@]}"; do
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
-echo "ensure-test-tools: installing ${missing[*]}" >&2
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-        echo "ensure-test-tools: not root and no sudo: as root run apt-get install -y ${missing[*]}" >&2
-        exit 1
-    fi
-fi
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+source "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
+apt_install ensure-test-tools "${missing[@]}"
 for tool in "${!PACKAGE_OF[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || { echo "ensure-test-tools: $tool still missing" >&2; exit 1; }
 done
